@@ -1,0 +1,1 @@
+"""Functional attention operators of DynaST and StyA2K."""

@@ -1,0 +1,1 @@
+"""Neural network modules: DynaST generator and discriminator, StyA2K (VGG encoder, A2K, decoder)."""

@@ -1,0 +1,1 @@
+"""Training: losses, datasets and trainers (see the training issue)."""

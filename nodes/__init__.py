@@ -1,0 +1,3 @@
+"""ComfyUI nodes: thin wrappers over dynast_core."""
+NODE_CLASS_MAPPINGS = {}
+NODE_DISPLAY_NAME_MAPPINGS = {}
