@@ -1,0 +1,79 @@
+"""Shared helpers of the attention operators: shape checks and query chunking.
+
+Every operator here processes its queries in chunks so that a caller can bound peak working memory.
+A chunk size is either given directly (``query_chunk_size``: number of query positions per chunk) or
+derived from a memory budget in bytes (``memory_budget``) and the operator's per-query working size.
+"""
+from __future__ import annotations
+
+import math
+from typing import Iterator, Optional, Sequence, Tuple
+
+import torch
+
+#: Working memory an operator may use per chunk when the caller sets neither a chunk size nor a budget.
+DEFAULT_MEMORY_BUDGET = 256 * 1024 * 1024
+
+
+def check_shape(x: torch.Tensor, dims: str, name: str) -> None:
+    """Raise ValueError unless ``x`` is a tensor whose rank matches ``dims`` (e.g. ``"B,C,H,W"``).
+
+    Entries of ``dims`` that are integers must match exactly; names are only counted.
+
+    Example:
+        >>> check_shape(torch.zeros(1, 3, 4, 4), "B,3,H,W", "image")
+    """
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor of shape ({dims}), got {type(x).__name__}")
+    want = [d.strip() for d in dims.split(",")]
+    if x.dim() != len(want):
+        raise ValueError(
+            f"{name} must have shape ({dims}) ({len(want)} dimensions), got {tuple(x.shape)}")
+    for i, d in enumerate(want):
+        if d.isdigit() and x.shape[i] != int(d):
+            raise ValueError(f"{name} must have shape ({dims}), got {tuple(x.shape)}: dimension {i} "
+                             f"must be {d}")
+
+
+def check_same(values: Sequence[Tuple[str, int]], what: str) -> None:
+    """Raise ValueError unless every named integer in ``values`` is equal (e.g. batch sizes)."""
+    first_name, first = values[0]
+    for name, value in values[1:]:
+        if value != first:
+            listing = ", ".join(f"{n}={v}" for n, v in values)
+            raise ValueError(f"{what} must agree: {listing}")
+
+
+def resolve_chunk_size(num_queries: int, bytes_per_query: float,
+                       query_chunk_size: Optional[int] = None,
+                       memory_budget: Optional[int] = None) -> int:
+    """Number of query positions processed at once.
+
+    Args:
+        num_queries: total number of query positions (per batch, all batches are processed together).
+        bytes_per_query: working memory one query position needs in the operator (all batch items).
+        query_chunk_size: explicit chunk size; wins over ``memory_budget``.
+        memory_budget: bytes of working memory allowed per chunk (default 256 MiB).
+
+    Returns:
+        chunk size in ``[1, num_queries]``.
+    """
+    if query_chunk_size is not None:
+        if int(query_chunk_size) < 1:
+            raise ValueError(f"query_chunk_size must be a positive integer, got {query_chunk_size}")
+        return max(1, min(int(query_chunk_size), max(num_queries, 1)))
+    budget = DEFAULT_MEMORY_BUDGET if memory_budget is None else int(memory_budget)
+    if budget <= 0:
+        raise ValueError(f"memory_budget must be a positive number of bytes, got {memory_budget}")
+    size = int(budget // max(bytes_per_query, 1.0))
+    return max(1, min(size, max(num_queries, 1)))
+
+
+def chunk_ranges(total: int, chunk: int) -> Iterator[Tuple[int, int]]:
+    """Yield ``(start, end)`` ranges that cover ``range(total)`` in steps of ``chunk``."""
+    for start in range(0, total, chunk):
+        yield start, min(start + chunk, total)
+
+
+def num_chunks(total: int, chunk: int) -> int:
+    return max(1, math.ceil(total / max(chunk, 1)))
