@@ -263,8 +263,10 @@ class Correspondence:
         at 4x the grid, a latent at 1/8 of the image, a mask). The *grid* is resampled, not just the
         result: each output pixel finds its query cell, and samples ``x`` at each candidate's position
         plus the pixel's offset inside that cell (bilinearly), so detail finer than the correspondence grid
-        survives. When the output is coarser than the query grid, the result is computed at the query grid
-        and area-averaged down.
+        survives. When ``x`` is no finer than the exemplar grid (a latent, a grid-sized mask), each exemplar
+        cell takes the pixel of ``x`` containing it and the cells are gathered exactly; whenever the output
+        is coarser than the query grid, the result is computed at the query grid and area-averaged down
+        (so an identity correspondence returns ``x`` unchanged at every resolution).
 
         Args:
             x: ``(Bx, C, Hx, Wx)`` with ``Bx`` equal to the batch size or 1 (or the correspondence has batch
@@ -307,14 +309,21 @@ class Correspondence:
         work = x.float()
         weights = weights.float()
 
-        if (hx, wx) == (hk, wk) and (ho, wo) == (hq, wq):
-            # On the exemplar grid and at the query grid: an exact gather.
+        if hx <= hk and wx <= wk and ho <= hq and wo <= wq:
+            # x no finer than the exemplar grid (a latent, a mask at grid size): every exemplar cell
+            # takes the value of the pixel of x that contains it, the cells are gathered exactly on the
+            # query grid, and the result is area-averaged to the output size (exact for an identity).
+            if (hx, wx) != (hk, wk):
+                work = F.interpolate(work, size=(hk, wk), mode="nearest")
             flat = work.flatten(2)                                        # (B, C, Nk)
             out = torch.zeros(b, x.shape[1], hq * wq, dtype=work.dtype, device=x.device)
             for j in range(corr.num_candidates):
                 idx = corr.indices[:, :, j].unsqueeze(1).expand(-1, x.shape[1], -1)
                 out += flat.gather(2, idx) * weights[:, :, j].unsqueeze(1)
-            return out.view(b, -1, hq, wq).to(x.dtype)
+            out = out.view(b, -1, hq, wq)
+            if (ho, wo) != (hq, wq):
+                out = F.adaptive_avg_pool2d(out, (ho, wo))
+            return out.to(x.dtype)
 
         hw, ww = max(ho, hq), max(wo, wq)
         dev = x.device
