@@ -210,11 +210,12 @@ def sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, candidat
 
     qg = grouped(q)
     ng = qg.shape[1]
-    kf = k.flatten(2).transpose(1, 2)
-    vf = v.flatten(2).transpose(1, 2)
+    # (B, N, C) row tables, contiguous once so that every chunk's gather is a plain row lookup
+    kf = k.flatten(2).transpose(1, 2).contiguous()
+    vf = v.flatten(2).transpose(1, 2).contiguous()
     qgg = grouped(q_gate) if q_gate is not None else None
-    kgf = k_gate.flatten(2).transpose(1, 2) if k_gate is not None else None
-    wvf = warp_values.flatten(2).transpose(1, 2) if warp_values is not None else None
+    kgf = k_gate.flatten(2).transpose(1, 2).contiguous() if k_gate is not None else None
+    wvf = warp_values.flatten(2).transpose(1, 2).contiguous() if warp_values is not None else None
 
     width = c + cv + (q_gate.shape[1] if q_gate is not None else 0)
     width += warp_values.shape[1] if warp_values is not None else 0
