@@ -1,0 +1,267 @@
+"""All-to-key attention (StyA2K, Zhu et al., ICCV 2023).
+
+Content (query) positions attend to *key* style positions instead of all style positions:
+
+* distributed attention: the style map is cut into ``r = region x region`` regions; each region is
+  summarised into one aggregated key and value (the region mean plus the sigmoid-similarity-weighted sum of
+  its members); every query attends, with softmax, to the aggregated keys of all regions;
+* progressive attention: each content region picks the style region whose position-aligned features match
+  it best (argmax), then every query of the region attends, with softmax, to the ``r`` positions of that
+  style region.
+
+Both are multi-head (the channels are split contiguously into ``heads`` groups). The logits are not scaled
+by ``1/sqrt(d)``, as in the official code.
+
+Where the official code cannot run, this module extends it: content and style may have different sizes
+and aspect ratios (the regions of both are formed independently), and sizes need not be multiples of the
+region: both maps are padded to the next multiple (reflection, or replication when the map is too small to
+reflect) and the output is cropped back. Padding rather than dropping partial regions keeps every output
+position computed (the official unfold/fold leaves border strips at zero) and keeps the region statistics
+made of real, nearby features; at official sizes no padding happens and the results equal the official ones.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from ._common import check_shape, chunk_ranges, resolve_chunk_size
+
+__all__ = [
+    "AllToKeyResult",
+    "distributed_attention",
+    "progressive_attention",
+    "all_to_key_attention",
+    "aggregate_region_keys",
+    "to_regions",
+    "from_regions",
+    "pad_to_multiple",
+]
+
+
+class AllToKeyResult(NamedTuple):
+    """``distributed`` and ``progressive``: ``(B, Cv, Hq, Wq)`` each."""
+
+    distributed: torch.Tensor
+    progressive: torch.Tensor
+
+
+def pad_to_multiple(x: torch.Tensor, multiple: int) -> Tuple[torch.Tensor, Tuple[int, int]]:
+    """Pad ``(B, C, H, W)`` at the bottom/right to multiples of ``multiple``.
+
+    Reflection where the map is large enough, replication otherwise. Returns the padded map and the
+    original ``(H, W)``.
+    """
+    h, w = x.shape[-2:]
+    ph, pw = (-h) % multiple, (-w) % multiple
+    if ph or pw:
+        mode = "reflect" if (ph < h and pw < w) else "replicate"
+        x = F.pad(x, (0, pw, 0, ph), mode=mode)
+    return x, (h, w)
+
+
+def to_regions(x: torch.Tensor, region: int, heads: int) -> torch.Tensor:
+    """``(B, C, H, W)`` with H, W multiples of ``region`` -> ``(B, heads, C/heads, n, r)``.
+
+    ``n`` counts regions in raster order, ``r = region**2`` positions inside a region in raster order
+    (the layout of the official ``block``).
+    """
+    b, c, h, w = x.shape
+    y = x.view(b, heads, c // heads, h // region, region, w // region, region)
+    return y.permute(0, 1, 2, 3, 5, 4, 6).reshape(b, heads, c // heads, (h // region) * (w // region),
+                                                  region * region)
+
+
+def from_regions(x: torch.Tensor, region: int, size: Tuple[int, int]) -> torch.Tensor:
+    """Inverse of :func:`to_regions`: ``(B, heads, d, n, r)`` -> ``(B, heads*d, H, W)``."""
+    b, hd, d, n, r = x.shape
+    h, w = size
+    y = x.reshape(b, hd * d, h // region, w // region, region, region)
+    return y.permute(0, 1, 2, 4, 3, 5).reshape(b, hd * d, h, w)
+
+
+def aggregate_region_keys(k: torch.Tensor, v: torch.Tensor, sim_alpha, sim_beta
+                          ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Aggregated key and value of every region.
+
+    Args:
+        k: ``(B, heads, d, n, r)``; v: ``(B, heads, dv, n, r)``.
+        sim_alpha, sim_beta: scalars or 1-element tensors (learned in the A2K module).
+
+    Returns:
+        ``(B, heads, d, n)`` and ``(B, heads, dv, n)``:
+        ``(sum_y sigmoid(beta + alpha <center, k_y>) k_y + center) / (r + 1)``, the same weights for v.
+    """
+    r = k.shape[-1]
+    k_center = k.mean(-1)
+    v_center = v.mean(-1)
+    sim = torch.sigmoid(sim_beta + sim_alpha * torch.einsum("bhcx,bhcxy->bhxy", k_center, k))
+    k_agg = (torch.einsum("bhxy,bhcxy->bhcx", sim, k) + k_center) / (r + 1)
+    v_agg = (torch.einsum("bhxy,bhcxy->bhcx", sim, v) + v_center) / (r + 1)
+    return k_agg, v_agg
+
+
+def _check(q, k, v, region, heads):
+    check_shape(q, "B,C,Hq,Wq", "q")
+    check_shape(k, "B,C,Hk,Wk", "k")
+    check_shape(v, "B,Cv,Hk,Wk", "v")
+    if k.shape[1] != q.shape[1]:
+        raise ValueError(f"q and k must have the same channel count, got q {tuple(q.shape)} and k {tuple(k.shape)}")
+    if v.shape[-2:] != k.shape[-2:]:
+        raise ValueError(f"v must lie on the style grid of k {tuple(k.shape[-2:])}, got v {tuple(v.shape)}")
+    if not (q.shape[0] == k.shape[0] == v.shape[0]):
+        raise ValueError(f"batch sizes of q, k, v must agree, got {q.shape[0]}, {k.shape[0]}, {v.shape[0]}")
+    if int(region) < 1:
+        raise ValueError(f"region must be a positive integer, got {region}")
+    if int(heads) < 1 or q.shape[1] % heads or v.shape[1] % heads:
+        raise ValueError(f"heads={heads} must divide the channel counts of q/k ({q.shape[1]}) and v ({v.shape[1]})")
+
+
+def distributed_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, region: int, heads: int = 8,
+                          sim_alpha=1.0, sim_beta=0.0, query_chunk_size: Optional[int] = None,
+                          memory_budget: Optional[int] = None) -> torch.Tensor:
+    """Distributed attention: every query attends to the region-aggregated keys of the whole style map.
+
+    Args:
+        q: ``(B, C, Hq, Wq)`` content-side queries.
+        k: ``(B, C, Hk, Wk)`` style-side keys; v: ``(B, Cv, Hk, Wk)`` style-side values.
+        region: side of the square regions of the style map (StyA2K: 8 at relu3_1/relu4_1, 4 at relu5_1).
+        heads: attention heads (StyA2K: 8).
+        sim_alpha, sim_beta: affine map inside the sigmoid similarity of the key aggregation (learned in
+            the A2K module; 1 and 0 in the parameter-free loss).
+        query_chunk_size, memory_budget: queries per chunk, or the working memory a chunk may use. The
+            official code holds ``heads * Nq * n_k`` logits at once (2 GB at relu3_1 of a 1024 image).
+
+    Returns:
+        ``(B, Cv, Hq, Wq)``.
+
+    Queries need no blocking: each one attends to the ``n_k`` aggregated keys directly.
+
+    Example:
+        >>> q, k, v = torch.randn(1, 16, 8, 8), torch.randn(1, 16, 12, 4), torch.randn(1, 8, 12, 4)
+        >>> distributed_attention(q, k, v, region=4, heads=2).shape
+        torch.Size([1, 8, 8, 8])
+    """
+    _check(q, k, v, region, heads)
+    b, c, hq, wq = q.shape
+    cv = v.shape[1]
+    kp, _ = pad_to_multiple(k, region)
+    vp, _ = pad_to_multiple(v, region)
+    k_agg, v_agg = aggregate_region_keys(to_regions(kp, region, heads), to_regions(vp, region, heads),
+                                         sim_alpha, sim_beta)                   # (B, h, d, n), (B, h, dv, n)
+    n_k = k_agg.shape[-1]
+    qf = q.reshape(b, heads, c // heads, hq * wq)
+    v_t = v_agg.transpose(-1, -2)                                               # (B, h, n, dv)
+    per_query = b * heads * n_k * q.element_size() * 3
+    chunk = resolve_chunk_size(hq * wq, per_query, query_chunk_size, memory_budget)
+    outs = []
+    for s, e in chunk_ranges(hq * wq, chunk):
+        logits = torch.einsum("bhcq,bhcz->bhqz", qf[..., s:e], k_agg)
+        outs.append(torch.matmul(torch.softmax(logits, -1), v_t))            # (B, h, n, dv)
+    out = torch.cat(outs, 2)                                                    # (B, h, Nq, dv)
+    return out.permute(0, 1, 3, 2).reshape(b, cv, hq, wq)
+
+
+def progressive_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, region: int, heads: int = 8,
+                          query_chunk_size: Optional[int] = None,
+                          memory_budget: Optional[int] = None) -> torch.Tensor:
+    """Progressive attention: best-matching style region per content region, then attention inside it.
+
+    The match of content region ``x`` and style region ``z`` is ``sum_{c,y} q[c, x, y] k[c, z, y]``
+    (positions ``y`` aligned inside the regions), per head; the best ``z`` is taken by argmax and every query
+    of ``x`` attends with softmax to the ``r`` keys of ``z``.
+
+    Args:
+        q: ``(B, C, Hq, Wq)``; k: ``(B, C, Hk, Wk)``; v: ``(B, Cv, Hk, Wk)``.
+        region, heads: as :func:`distributed_attention`.
+        query_chunk_size, memory_budget: chunking over content regions (the size counts query positions).
+
+    Returns:
+        ``(B, Cv, Hq, Wq)``.
+
+    Example:
+        >>> q, k, v = torch.randn(1, 16, 6, 10), torch.randn(1, 16, 8, 8), torch.randn(1, 8, 8, 8)
+        >>> progressive_attention(q, k, v, region=4, heads=2).shape
+        torch.Size([1, 8, 6, 10])
+    """
+    _check(q, k, v, region, heads)
+    b, c, hq, wq = q.shape
+    qp, _ = pad_to_multiple(q, region)
+    kp, _ = pad_to_multiple(k, region)
+    vp, _ = pad_to_multiple(v, region)
+    qr = to_regions(qp, region, heads)                                          # (B, h, d, n_q, r)
+    kr = to_regions(kp, region, heads)                                          # (B, h, d, n_k, r)
+    vr = to_regions(vp, region, heads)                                          # (B, h, dv, n_k, r)
+    hd, d, n_q, r = qr.shape[1:]
+    n_k = kr.shape[3]
+    dv = vr.shape[2]
+    k_flat = kr.permute(0, 1, 3, 2, 4).reshape(b, hd, n_k, d * r)               # region descriptors
+    q_flat = qr.permute(0, 1, 3, 2, 4).reshape(b, hd, n_q, d * r)
+    per_query = b * hd * (n_k + 4 * r + d + dv) * q.element_size()
+    chunk = max(1, resolve_chunk_size(n_q * r, per_query, query_chunk_size, memory_budget) // r)
+    outs = []
+    for s, e in chunk_ranges(n_q, chunk):
+        match = torch.matmul(q_flat[:, :, s:e], k_flat.transpose(-1, -2))      # (B, h, n, n_k)
+        best = match.argmax(-1)                                                 # (B, h, n)
+        idx = best.view(b, hd, 1, e - s, 1)
+        k_sel = torch.gather(kr, 3, idx.expand(b, hd, d, e - s, r))             # (B, h, d, n, r)
+        v_sel = torch.gather(vr, 3, idx.expand(b, hd, dv, e - s, r))
+        logits = torch.einsum("bhcxy,bhcxz->bhxyz", qr[:, :, :, s:e], k_sel)
+        outs.append(torch.einsum("bhxyz,bhcxz->bhcxy", torch.softmax(logits, -1), v_sel))
+    out = from_regions(torch.cat(outs, 3), region, qp.shape[-2:])
+    return out[..., :hq, :wq]
+
+
+def all_to_key_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, region: int, heads: int = 8,
+                         sim_alpha=1.0, sim_beta=0.0, q_local: Optional[torch.Tensor] = None,
+                         k_local: Optional[torch.Tensor] = None, v_local: Optional[torch.Tensor] = None,
+                         query_chunk_size: Optional[int] = None,
+                         memory_budget: Optional[int] = None) -> AllToKeyResult:
+    """Distributed and progressive attention together.
+
+    The A2K module feeds different learned projections to the two parts (``q, k, v`` to the distributed
+    part, ``q_local, k_local, v_local`` to the progressive one). The parameter-free form used by StyA2K's
+    training loss passes normalised features as ``q`` and ``k``, raw style features as ``v``, no ``*_local``
+    (the same tensors serve both parts) and ``sim_alpha=1, sim_beta=0``: see
+    :func:`parameter_free_all_to_key`.
+
+    Args:
+        q: ``(B, C, Hq, Wq)``; k: ``(B, C, Hk, Wk)``; v: ``(B, Cv, Hk, Wk)``.
+        q_local, k_local, v_local: the progressive part's inputs (default: ``q``, ``k``, ``v``).
+        Other arguments as :func:`distributed_attention`.
+
+    Returns:
+        :class:`AllToKeyResult` with ``distributed`` and ``progressive``, ``(B, Cv, Hq, Wq)`` each.
+    """
+    dist = distributed_attention(q, k, v, region=region, heads=heads, sim_alpha=sim_alpha, sim_beta=sim_beta,
+                                 query_chunk_size=query_chunk_size, memory_budget=memory_budget)
+    prog = progressive_attention(q if q_local is None else q_local, k if k_local is None else k_local,
+                                 v if v_local is None else v_local, region=region, heads=heads,
+                                 query_chunk_size=query_chunk_size, memory_budget=memory_budget)
+    return AllToKeyResult(dist, prog)
+
+
+def parameter_free_all_to_key(content_key: torch.Tensor, style_key: torch.Tensor, style_value: torch.Tensor, *,
+                              region: int, heads: int = 8, query_chunk_size: Optional[int] = None,
+                              memory_budget: Optional[int] = None) -> torch.Tensor:
+    """All-to-key attention without learned projections: ``distributed + progressive``.
+
+    This is the target of StyA2K's A2K loss (the stylised features should equal this plus the content
+    features) and a weight-free style transfer operator in its own right.
+
+    Args:
+        content_key: ``(B, C, Hq, Wq)`` normalised content features (queries).
+        style_key: ``(B, C, Hk, Wk)`` normalised style features (keys).
+        style_value: ``(B, Cv, Hk, Wk)`` style features (values).
+        region, heads, query_chunk_size, memory_budget: as :func:`distributed_attention`.
+
+    Returns:
+        ``(B, Cv, Hq, Wq)``.
+    """
+    r = all_to_key_attention(content_key, style_key, style_value, region=region, heads=heads,
+                             query_chunk_size=query_chunk_size, memory_budget=memory_budget)
+    return r.distributed + r.progressive
+
+
+__all__.append("parameter_free_all_to_key")
