@@ -1,11 +1,105 @@
-"""Command line: `python -m dynast_core <command>` (or the `dynast` console script)."""
+"""Command line: ``python -m dynast_core <command>`` (or the ``dynast`` console script).
+
+Commands: demo, stylize, match, generate, convert. ``<command> --help`` describes each.
+"""
+from __future__ import annotations
+
 import argparse
 import sys
+from pathlib import Path
+
+
+def _device(name: str):
+    import torch
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+# ---------------------------------------------------------------------------------------------- stylize
+def _add_stylize_command(sub) -> None:
+    p = sub.add_parser("stylize", help="style transfer: StyA2K weights, or the weight-free path without them",
+                       description="Stylise CONTENT with STYLE. With StyA2K weights (--weights DIR, a packed "
+                                   ".safetensors, or the four files) the trained network runs; without any, the "
+                                   "weight-free all-to-key path runs (no download needed).")
+    p.add_argument("content")
+    p.add_argument("style")
+    p.add_argument("-o", "--output", required=True, help="output image (PNG)")
+    p.add_argument("--weights", help="folder with the four official files, or a packed .safetensors")
+    for slot in ("vgg", "a2k", "transform", "decoder"):
+        p.add_argument(f"--{slot}", help=f"the {slot} file (overrides --weights for that slot)")
+    p.add_argument("--size", type=int, help="longer side to process and return (default: the content's size)")
+    p.add_argument("--strength", type=float, default=1.0, help="0 = content, 1 = full style (default 1)")
+    p.add_argument("--preserve-color", action="store_true", help="keep the content's colours")
+    p.add_argument("--mask", help="content mask image (white = stylise); any size")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.set_defaults(func=_run_stylize)
+
+
+def _run_stylize(args) -> int:
+    from .imageio import load_image, load_mask, save_image
+    content = load_image(args.content)
+    style = load_image(args.style)
+    mask = load_mask(args.mask) if args.mask else None
+    device = _device(args.device)
+    slots = {s: getattr(args, s) for s in ("vgg", "a2k", "transform", "decoder")}
+    if args.weights or any(slots.values()):
+        from .models.stya2k import load_stya2k
+        from .stylize import stylize
+        model = load_stya2k(args.weights, device=device, **slots)
+        out = stylize(model, content.to(device), style.to(device), strength=args.strength,
+                      preserve_color=args.preserve_color, mask=mask, size=args.size)
+    else:
+        from .weightfree import stylize_weight_free
+        print("No StyA2K weights given: using the weight-free all-to-key style transfer "
+              "(see README: what to expect).")
+        out = stylize_weight_free(content.to(device), style.to(device), strength=args.strength,
+                                  preserve_color=args.preserve_color, mask=mask, size=args.size)
+    path = save_image(out, args.output)
+    print(f"Wrote {path} ({out.shape[-1]}x{out.shape[-2]})")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- convert
+def _add_convert_command(sub) -> None:
+    p = sub.add_parser("convert", help="convert official checkpoints to .safetensors with config metadata",
+                       description="DynaST: convert IN.pth OUT.safetensors. StyA2K: convert --stya2k DIR "
+                                   "OUT.safetensors packs the four official files (or --vgg/--a2k/--transform/"
+                                   "--decoder) into one file.")
+    p.add_argument("inputs", nargs="+", help="IN OUT (DynaST), or OUT alone with --stya2k/--vgg...")
+    p.add_argument("--stya2k", help="folder holding the four official StyA2K files")
+    for slot in ("vgg", "a2k", "transform", "decoder"):
+        p.add_argument(f"--{slot}", help=f"StyA2K {slot} file")
+    p.set_defaults(func=_run_convert)
+
+
+def _run_convert(args) -> int:
+    slots = {s: getattr(args, s) for s in ("vgg", "a2k", "transform", "decoder")}
+    if args.stya2k or any(slots.values()):
+        if len(args.inputs) != 1:
+            raise ValueError("with --stya2k give only the output path: convert --stya2k DIR OUT.safetensors")
+        from .models.stya2k import load_stya2k, save_stya2k_safetensors
+        model = load_stya2k(args.stya2k, **slots)
+        path = save_stya2k_safetensors(model, args.inputs[0])
+        print(f"Wrote {path} (StyA2K: vgg + a2k + transform + decoder)")
+        return 0
+    if len(args.inputs) != 2:
+        raise ValueError("give IN.pth OUT.safetensors (DynaST), or --stya2k DIR OUT.safetensors (StyA2K)")
+    from .models.dynast import convert_dynast_checkpoint
+    path = convert_dynast_checkpoint(args.inputs[0], args.inputs[1])
+    print(f"Wrote {path} (DynaST generator with config metadata)")
+    return 0
+
+
+REGISTRY = [_add_stylize_command, _add_convert_command]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dynast", description=__doc__)
-    parser.add_subparsers(dest="command", metavar="COMMAND")
+    parser = argparse.ArgumentParser(prog="dynast", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for add in REGISTRY:
+        add(sub)
     return parser
 
 
@@ -15,7 +109,11 @@ def main(argv=None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, FileNotFoundError) as err:   # CheckpointError is a ValueError
+        print(f"error: {err}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
