@@ -91,7 +91,60 @@ def _run_convert(args) -> int:
     return 0
 
 
-REGISTRY = [_add_stylize_command, _add_convert_command]
+# ---------------------------------------------------------------------------------------------- demo
+def _add_demo_command(sub) -> None:
+    p = sub.add_parser("demo", help="weight-free demo on generated images (no inputs, no weights)",
+                       description="Generate content/style/exemplar images, run the weight-free style transfer "
+                                   "and match + warp, and write the results and a contact sheet to DIR.")
+    p.add_argument("-o", "--output", default="demo_out", help="output folder (default: demo_out)")
+    p.add_argument("--size", type=int, default=384, help="image side (default 384)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_run_demo)
+
+
+def _run_demo(args) -> int:
+    from .demo import run_demo
+    paths = run_demo(args.output, size=args.size, seed=args.seed)
+    for name, path in paths.items():
+        print(f"  {name:<16} {path}")
+    print(f"Contact sheet: {paths['contact_sheet']}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- match
+def _add_match_command(sub) -> None:
+    p = sub.add_parser("match", help="weight-free correspondence: warp EXEMPLAR onto TARGET",
+                       description="Match TARGET to EXEMPLAR with the weight-free cascade and write the warped "
+                                   "exemplar (-o), and optionally the flow picture, the confidence and the "
+                                   "correspondence itself (.safetensors).")
+    p.add_argument("target")
+    p.add_argument("exemplar")
+    p.add_argument("-o", "--output", required=True, help="warped exemplar (PNG)")
+    p.add_argument("--flow", help="write the flow visualisation here")
+    p.add_argument("--confidence", help="write the confidence (grey PNG) here")
+    p.add_argument("--save", help="write the Correspondence (.safetensors) here")
+    p.add_argument("--grid-scale", type=float, default=1.0, help="match on a grid this fraction of the image")
+    p.add_argument("--top-k", type=int, default=4)
+    p.set_defaults(func=_run_match)
+
+
+def _run_match(args) -> int:
+    from .imageio import load_image, save_image
+    from .weightfree import match_images
+    target, exemplar = load_image(args.target), load_image(args.exemplar)
+    corr = match_images(target, exemplar, grid_scale=args.grid_scale, top_k=args.top_k)
+    print(f"Wrote {save_image(corr.warp(exemplar, output_size=target.shape[-2:]), args.output)}")
+    if args.flow:
+        print(f"Wrote {save_image(corr.visualize('flow', size=target.shape[-2:]), args.flow)}")
+    if args.confidence:
+        print(f"Wrote {save_image(corr.confidence_mask(None, size=target.shape[-2:]), args.confidence)}")
+    if args.save:
+        print(f"Wrote {corr.save(args.save)}")
+    print(f"mean confidence {float(corr.confidence.mean()):.3f}")
+    return 0
+
+
+REGISTRY = [_add_demo_command, _add_stylize_command, _add_match_command, _add_convert_command]
 
 
 def build_parser() -> argparse.ArgumentParser:

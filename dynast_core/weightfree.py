@@ -1,0 +1,387 @@
+"""Weight-free correspondence, warping and style transfer: the papers' attention mechanisms on hand-made
+features, so a fresh install does useful work with no checkpoint.
+
+Features (no learned weights). Each pyramid level describes every position by
+
+* its colour in CIE Lab (images) or its channels, standardised jointly over both inputs (labels, latents);
+* its local structure: the 3x3 neighbourhood of the luminance (or of every channel) with the neighbourhood
+  mean removed, divided by the image's own global standard deviation (contrast-invariant).
+
+The benchmark (``benchmarks/weightfree.py``) is what justified this choice over plain colour (too ambiguous
+in flat regions) and over random projections of larger patches (slower, no better on the synthetic warps).
+Attention logits are negative squared distances ``-|q - k|^2 / T``, computed as dot products of augmented
+vectors ``q' = [2q, -1]`` and ``k' = [k, |k|^2]`` so the paper's operators run unchanged.
+
+Matching runs the DynaST cascade parameter-free: dense attention at the coarsest level (at most
+``coarse_side`` positions per side, about 1/8 of a 256 image), then at every finer level the inter-scale
+sparse attention (the 2x2 children of the coarse top-k) and one or more inner-scale steps (the own and the
+four neighbours' top-k, shifted), carrying the top-k down. Cost and memory are linear in pixels above the
+coarsest level. The result is a :class:`~dynast_core.correspondence.Correspondence` on the full grid.
+
+Confidence is honest about what the weights cannot know: the product of (a) how well the best exemplar
+patch matches (``exp(-d / d0)`` of the mean squared descriptor distance) and (b) forward-backward
+consistency at the coarsest level (a target position whose match does not map back near itself, e.g. an
+occlusion or content absent from the exemplar, gets at most 0.3 of its match-quality value; in flat,
+ambiguous regions the round trip may drift a few cells without the match being wrong, so this term is soft).
+
+Style transfer (:func:`stylize_weight_free`) uses all-to-key attention over style patches, coarse to fine:
+queries describe the content's structure plus the colour of the current estimate, keys the style's; the
+values are 3x3 style colour patches, folded back with overlap averaging. Distributed attention (region-
+aggregated keys) gives the region's colours, progressive attention (best region, then its positions) the
+details; the two are blended ``(1 - detail) * DA + detail * PA``. Averaging overlapping patches smooths the
+result, so the final image gets the style's per-channel Lab mean and standard deviation (the pixel-space
+analogue of AdaIN).
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from .attention import (all_to_key_attention, dynamic_attention, inner_scale_sparse_attention,
+                        inter_scale_sparse_attention)
+from .correspondence import Correspondence
+from .stylize import blend_with_mask, match_batches, prepare_mask, preserve_content_color, resize_longer_side
+
+__all__ = ["pyramid_sizes", "image_descriptors", "channel_descriptors", "match_descriptors", "match_images",
+           "match_layouts", "match_latents", "stylize_weight_free"]
+
+Progress = Optional[Callable[[int, int], None]]
+
+
+# ---------------------------------------------------------------------------------------------- features
+def pyramid_sizes(size: Tuple[int, int], coarse_side: int = 32, min_levels: int = 1) -> List[Tuple[int, int]]:
+    """Grid sizes from fine to coarse, halving (rounding up, as the inter-scale op expects) until the
+    longer side is at most ``coarse_side``."""
+    h, w = int(size[0]), int(size[1])
+    sizes = [(h, w)]
+    while max(h, w) > coarse_side or len(sizes) < min_levels:
+        if min(h, w) <= 2:
+            break
+        h, w = (h + 1) // 2, (w + 1) // 2
+        sizes.append((h, w))
+    return sizes
+
+
+def _resize(x: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    if size[0] <= x.shape[-2] and size[1] <= x.shape[-1]:
+        return F.interpolate(x, size=size, mode="area")
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+
+def _structure(x: torch.Tensor) -> torch.Tensor:
+    """3x3 neighbourhoods minus their mean, divided by each image's global std: ``(B, 9C, H, W)``."""
+    b, c, h, w = x.shape
+    std = x.flatten(1).std(1).clamp_min(1e-3).view(b, 1, 1, 1)
+    patches = F.unfold(F.pad(x, (1, 1, 1, 1), mode="replicate"), 3).view(b, c, 9, h, w)
+    patches = patches - patches.mean(2, keepdim=True)
+    return (patches / std.unsqueeze(1)).reshape(b, c * 9, h, w)
+
+
+def _lab(rgb: torch.Tensor) -> torch.Tensor:
+    from kornia.color import rgb_to_lab
+    lab = rgb_to_lab(rgb.clamp(0, 1).float())
+    return torch.stack([lab[:, 0] / 25.0, lab[:, 1] / 25.0, lab[:, 2] / 25.0], 1).to(rgb.dtype)
+
+
+def image_descriptors(img: torch.Tensor, sizes: Sequence[Tuple[int, int]], colour_weight: float = 1.0,
+                      structure_weight: float = 1.0) -> List[torch.Tensor]:
+    """Weight-free descriptors of an RGB image ``(B, 3, H, W)`` in [0, 1] at each size of ``sizes``:
+    ``(B, 12, h, w)`` each (Lab colour, 3x3 luminance structure)."""
+    _check_rgb(img, "image")
+    lab = _lab(img)
+    out = []
+    for size in sizes:
+        x = _resize(lab, size)
+        out.append(torch.cat([colour_weight * x, structure_weight * _structure(x[:, :1])], 1))
+    return out
+
+
+def channel_descriptors(a: torch.Tensor, b: torch.Tensor, sizes_a, sizes_b,
+                        structure_weight: float = 0.5) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
+    """Descriptors of two maps with the same channels (layout labels, latents): each channel standardised
+    with statistics pooled over both maps, plus a down-weighted 3x3 structure of the channel mean."""
+    if a.dim() != 4 or b.dim() != 4 or a.shape[1] != b.shape[1]:
+        raise ValueError(f"the two maps must be (B, C, H, W) with the same C, got {tuple(a.shape)} and "
+                         f"{tuple(b.shape)}")
+    both = torch.cat([a.flatten(2), b.flatten(2)], 2).float()
+    mean = both.mean(2).view(-1, a.shape[1], 1, 1)
+    std = both.std(2).clamp_min(1e-4).view(-1, a.shape[1], 1, 1)
+    scale = 1.0 / math.sqrt(a.shape[1])
+
+    def build(x, sizes):
+        x = ((x.float() - mean[: x.shape[0]]) / std[: x.shape[0]]).to(x.dtype)
+        res = []
+        for size in sizes:
+            y = _resize(x, size)
+            res.append(torch.cat([y * (3 * scale) ** 0.5 * 2, structure_weight * _structure(y.mean(1, keepdim=True))], 1))
+        return res
+
+    return build(a, sizes_a), build(b, sizes_b)
+
+
+def _augment(q: torch.Tensor, k: torch.Tensor, temperature: float) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Dot products of the results are ``(2 q.k - |k|^2)``: softmax over them equals softmax of ``-|q-k|^2``."""
+    qa = torch.cat([2 * q, -torch.ones_like(q[:, :1])], 1)
+    ka = torch.cat([k, (k * k).sum(1, keepdim=True)], 1)
+    return qa, ka
+
+
+def _check_rgb(img, name):
+    if not isinstance(img, torch.Tensor) or img.dim() != 4 or img.shape[1] != 3:
+        raise ValueError(f"{name} must be an RGB batch (B, 3, H, W) in [0, 1], got "
+                         f"{getattr(img, 'shape', type(img).__name__)}; drop an alpha channel first")
+    if not img.dtype.is_floating_point:
+        raise ValueError(f"{name} must be floating point in [0, 1], got {img.dtype}")
+    if min(img.shape[-2:]) < 4:
+        raise ValueError(f"{name} is {img.shape[-2]}x{img.shape[-1]}: at least 4 pixels per side are needed")
+
+
+def _interrupt(progress: Progress, step: int, total: int) -> None:
+    if progress is not None:
+        progress(step, total)
+
+
+# ---------------------------------------------------------------------------------------------- matching
+def match_descriptors(target: Sequence[torch.Tensor], exemplar: Sequence[torch.Tensor], *, top_k: int = 4,
+                      temperature: float = 0.05, propagation_steps: int = 2, confidence_scale: float = 1.0,
+                      query_chunk_size: Optional[int] = None, progress: Progress = None) -> Correspondence:
+    """The parameter-free DynaST cascade on two descriptor pyramids.
+
+    Args:
+        target, exemplar: lists of ``(B, C, h, w)`` from fine to coarse (as :func:`pyramid_sizes` makes them:
+            each level the previous one halved, rounding up). The exemplar batch may be 1 (one exemplar for
+            every target).
+        top_k: candidates carried from level to level (DynaST: 4).
+        temperature: softmax temperature of the negative squared distances.
+        propagation_steps: inner-scale steps per level after the inter-scale step.
+        confidence_scale: ``d0`` of the match-quality confidence ``exp(-d / d0)``.
+        query_chunk_size: bounds the working memory of every attention call.
+        progress: ``progress(step, total)`` called after every level (for progress bars / interruption).
+
+    Returns:
+        :class:`Correspondence` from the finest target grid to the finest exemplar grid, ``top_k`` candidates
+        per position with weights summing to one.
+    """
+    if len(target) != len(exemplar) or not target:
+        raise ValueError(f"the pyramids must have the same number of levels, got {len(target)} and {len(exemplar)}")
+    b = target[0].shape[0]
+    if exemplar[0].shape[0] not in (1, b):
+        raise ValueError(f"exemplar batch {exemplar[0].shape[0]} must be 1 or the target batch {b}")
+    exemplar = [e.expand(b, -1, -1, -1) for e in exemplar]
+    levels = len(target)
+    total = levels
+    # coarsest: dense, both ways (the reverse pass gives the forward-backward consistency)
+    qa, ka = _augment(target[-1], exemplar[-1], temperature)
+    hq, wq = target[-1].shape[-2:]
+    hk, wk = exemplar[-1].shape[-2:]
+    k_eff = min(top_k, hk * wk)
+    dummy = torch.zeros_like(exemplar[-1][:, :1])
+    dense = dynamic_attention(qa, ka, dummy, top_k=k_eff, scale=temperature, query_chunk_size=query_chunk_size)
+    topk = dense.topk_indices
+    qb, kb = _augment(exemplar[-1], target[-1], temperature)
+    back = dynamic_attention(qb, kb, torch.zeros_like(target[-1][:, :1]), top_k=1, scale=temperature,
+                             query_chunk_size=query_chunk_size).topk_indices[..., 0]
+    fwd = topk[..., 0]
+    round_trip = back.gather(1, fwd)
+    ty, tx = torch.arange(hq * wq, device=fwd.device) // wq, torch.arange(hq * wq, device=fwd.device) % wq
+    err = ((round_trip // wq - ty).float() ** 2 + (round_trip % wq - tx).float() ** 2).sqrt()
+    # ambiguity (flat regions) is not error: a failed round trip lowers the confidence, it does not zero it
+    cycle = (0.3 + 0.7 * torch.exp(-(err / 3.0) ** 2)).view(b, 1, hq, wq)
+    _interrupt(progress, 1, total)
+    result = None
+    for level in range(levels - 2, -1, -1):
+        q, k = target[level], exemplar[level]
+        qa, ka = _augment(q, k, temperature)
+        v = torch.zeros_like(k[:, :1])
+        last = level == 0
+        result = inter_scale_sparse_attention(qa, ka, v, topk, scale=temperature, top_k=k_eff,
+                                              query_chunk_size=query_chunk_size)
+        topk = result.topk_indices
+        for _ in range(propagation_steps):
+            result = inner_scale_sparse_attention(qa, ka, v, topk, scale=temperature, top_k=k_eff,
+                                                  query_chunk_size=query_chunk_size)
+            topk = result.topk_indices
+        _interrupt(progress, levels - level, total)
+        if last:
+            break
+    q, k = target[0], exemplar[0]
+    hq, wq = q.shape[-2:]
+    hk, wk = k.shape[-2:]
+    if result is None:     # a single level: the dense result is the final one
+        weights = dense.topk_weights
+    else:
+        w, j = result.candidate_weights.topk(k_eff, dim=-1)
+        topk = result.candidate_indices.gather(-1, j)
+        weights = w
+    weights = weights / weights.sum(-1, keepdim=True).clamp_min(1e-12)
+    # match quality: mean squared descriptor distance of the best candidate
+    qf = q.flatten(2)                                                   # (B, C, N)
+    kf = k.flatten(2)
+    best = topk[..., 0]
+    kb_ = kf.gather(2, best.unsqueeze(1).expand(-1, kf.shape[1], -1))
+    dist = ((qf - kb_) ** 2).mean(1).view(b, 1, hq, wq)
+    quality = torch.exp(-dist / confidence_scale)
+    cycle_up = F.interpolate(cycle, size=(hq, wq), mode="bilinear", align_corners=False)
+    confidence = (quality * cycle_up).clamp(0, 1).to(weights.dtype)
+    return Correspondence(topk, weights, (hq, wq), (hk, wk), confidence)
+
+
+def _grid_size(size, grid_scale: float) -> Tuple[int, int]:
+    if not 0 < grid_scale <= 1:
+        raise ValueError(f"grid_scale must be in (0, 1], got {grid_scale}")
+    return max(4, round(size[0] * grid_scale)), max(4, round(size[1] * grid_scale))
+
+
+def _levels(target_size, exemplar_size, coarse_side):
+    t = pyramid_sizes(target_size, coarse_side)
+    e = pyramid_sizes(exemplar_size, coarse_side, min_levels=len(t))
+    if len(e) > len(t):
+        t = pyramid_sizes(target_size, coarse_side, min_levels=len(e))
+    n = min(len(t), len(e))
+    return t[:n], e[:n]
+
+
+@torch.no_grad()
+def match_images(target: torch.Tensor, exemplar: torch.Tensor, *, grid_scale: float = 1.0, coarse_side: int = 32,
+                 top_k: int = 4, temperature: float = 0.05, propagation_steps: int = 2,
+                 query_chunk_size: Optional[int] = None, progress: Progress = None) -> Correspondence:
+    """Weight-free correspondence from ``target`` to ``exemplar`` (RGB ``(B, 3, H, W)`` in [0, 1]; the exemplar
+    may be another size and batch 1).
+
+    ``grid_scale`` < 1 matches on a coarser grid (faster; warps still resample at any resolution).
+
+    Example:
+        >>> img = torch.rand(1, 3, 64, 64)
+        >>> corr = match_images(img, img)
+        >>> corr.query_size, corr.key_size
+        ((64, 64), (64, 64))
+    """
+    _check_rgb(target, "target")
+    _check_rgb(exemplar, "exemplar")
+    ts, es = _levels(_grid_size(target.shape[-2:], grid_scale), _grid_size(exemplar.shape[-2:], grid_scale),
+                     coarse_side)
+    return match_descriptors(image_descriptors(target, ts), image_descriptors(exemplar, es), top_k=top_k,
+                             temperature=temperature, propagation_steps=propagation_steps,
+                             query_chunk_size=query_chunk_size, progress=progress)
+
+
+@torch.no_grad()
+def match_layouts(target_label: torch.Tensor, exemplar_label: torch.Tensor, *, grid_scale: float = 1.0,
+                  coarse_side: int = 32, top_k: int = 4, temperature: float = 0.05, propagation_steps: int = 2,
+                  query_chunk_size: Optional[int] = None, progress: Progress = None) -> Correspondence:
+    """Weight-free correspondence between two layout maps with the same channels ``(B, L, H, W)`` (for
+    example the 20-channel pose labels of :mod:`dynast_core.conditioning`, whose limb distance maps say
+    where each position lies relative to every limb)."""
+    ts, es = _levels(_grid_size(target_label.shape[-2:], grid_scale),
+                     _grid_size(exemplar_label.shape[-2:], grid_scale), coarse_side)
+    qd, kd = channel_descriptors(target_label, exemplar_label, ts, es)
+    return match_descriptors(qd, kd, top_k=top_k, temperature=temperature, propagation_steps=propagation_steps,
+                             query_chunk_size=query_chunk_size, progress=progress)
+
+
+@torch.no_grad()
+def match_latents(target_latent: torch.Tensor, exemplar_latent: torch.Tensor, *, coarse_side: int = 16,
+                  top_k: int = 4, temperature: float = 0.05, propagation_steps: int = 2,
+                  query_chunk_size: Optional[int] = None, progress: Progress = None) -> Correspondence:
+    """Weight-free correspondence between two latents ``(B, C, h, w)`` (any channel count and downscale),
+    on the latent grid."""
+    ts, es = _levels(target_latent.shape[-2:], exemplar_latent.shape[-2:], coarse_side)
+    qd, kd = channel_descriptors(target_latent, exemplar_latent, ts, es)
+    return match_descriptors(qd, kd, top_k=top_k, temperature=temperature, propagation_steps=propagation_steps,
+                             query_chunk_size=query_chunk_size, progress=progress)
+
+
+# ---------------------------------------------------------------------------------------------- style
+def _colour_transfer(content_lab: torch.Tensor, style_lab: torch.Tensor) -> torch.Tensor:
+    """Match the per-channel mean and std of ``content_lab`` to ``style_lab`` (Reinhard et al.)."""
+    cm, cs = content_lab.mean((2, 3), keepdim=True), content_lab.std((2, 3), keepdim=True).clamp_min(1e-3)
+    sm, ss = style_lab.mean((2, 3), keepdim=True), style_lab.std((2, 3), keepdim=True).clamp_min(1e-3)
+    return (content_lab - cm) / cs * ss + sm
+
+
+def _fold_patches(values: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
+    """``(B, 3*9, H, W)`` predicted 3x3 patches -> ``(B, 3, H, W)`` by overlap averaging."""
+    b = values.shape[0]
+    h, w = size
+    summed = F.fold(values.flatten(2), (h + 2, w + 2), 3)
+    count = F.fold(torch.ones_like(values[:, :9]).flatten(2).repeat(1, 1, 1), (h + 2, w + 2), 3)
+    return (summed / count.clamp_min(1e-6))[..., 1:-1, 1:-1].reshape(b, -1, h, w)
+
+
+@torch.no_grad()
+def stylize_weight_free(content: torch.Tensor, style: torch.Tensor, *, strength: float = 1.0,
+                        preserve_color: bool = False, mask: Optional[torch.Tensor] = None,
+                        size: Optional[int] = None, levels: int = 3, region: int = 4, detail: float = 0.85,
+                        temperature: float = 0.1, max_style_regions: int = 4096,
+                        query_chunk_size: Optional[int] = None, progress: Progress = None) -> torch.Tensor:
+    """Stylise ``content`` with ``style`` using parameter-free all-to-key attention over style patches.
+
+    Args:
+        content: ``(B, 3, H, W)`` RGB in [0, 1]; style: ``(1 or B, 3, Hs, Ws)``, any size and aspect.
+        strength: 0 = content, 1 = full stylisation (blend of the images).
+        preserve_color: keep the content's colours (luminance transfer).
+        mask: stylise only inside this content mask (any size), feathered seam.
+        size: longer side of the output (default: the content's).
+        levels: pyramid levels, coarse to fine (each doubles the resolution).
+        region: side of the all-to-key regions (the paper: 8 at relu3_1/relu4_1, 4 at relu5_1).
+        detail: weight of the progressive (details) part against the distributed (colours) part.
+        temperature: softmax temperature of the negative squared distances.
+        max_style_regions: the style is downscaled at a level where it would have more regions (bounds the
+            quadratic part of the attention; keeps 1024 inputs at interactive speed).
+        progress: ``progress(step, total)`` after every level.
+
+    Returns:
+        ``(B, 3, H, W)`` in [0, 1].
+    """
+    if not 0.0 <= float(strength) <= 1.0:
+        raise ValueError(f"strength must be between 0 and 1, got {strength}")
+    if not 0.0 <= float(detail) <= 1.0:
+        raise ValueError(f"detail must be between 0 and 1, got {detail}")
+    _check_rgb(content, "content")
+    _check_rgb(style, "style")
+    content, style = match_batches(content, style)
+    content = resize_longer_side(content, size)
+    out_full = content
+    if strength > 0:
+        h, w = content.shape[-2:]
+        hs, ws = style.shape[-2:]
+        s_scale = min(h, w) / min(hs, ws)
+        style_full = _resize(style, (max(4, round(hs * s_scale)), max(4, round(ws * s_scale))))
+        c_lab_full, s_lab_full = _lab(content), _lab(style_full)
+        c_sizes = pyramid_sizes((h, w), 0, min_levels=levels)[:levels][::-1]
+        estimate = None
+        for i, (lh, lw) in enumerate(c_sizes):
+            factor = lh / h
+            sh, sw = max(4, round(style_full.shape[-2] * factor)), max(4, round(style_full.shape[-1] * factor))
+            cap = math.sqrt(max_style_regions * region * region / (sh * sw))
+            if cap < 1:
+                sh, sw = max(4, int(sh * cap)), max(4, int(sw * cap))
+            c_lab = _resize(c_lab_full, (lh, lw))
+            s_lab = _resize(s_lab_full, (sh, sw))
+            s_rgb = _resize(style_full, (sh, sw))
+            colour = _colour_transfer(c_lab, s_lab) if estimate is None else _lab(_resize(estimate, (lh, lw)))
+            q = torch.cat([colour, _structure(c_lab[:, :1])], 1)
+            k = torch.cat([s_lab, _structure(s_lab[:, :1])], 1)
+            qa, ka = _augment(q, k, temperature)
+            values = F.unfold(F.pad(s_rgb, (1, 1, 1, 1), mode="replicate"), 3).view(-1, 27, sh, sw)
+            r = all_to_key_attention(qa / temperature, ka, values, region=region, heads=1,
+                                     query_chunk_size=query_chunk_size)
+            mixed = (1 - detail) * r.distributed + detail * r.progressive
+            estimate = _fold_patches(mixed, (lh, lw)).clamp(0, 1)
+            _interrupt(progress, i + 1, len(c_sizes))
+        # final colour statistics of the style (per-channel Lab mean/std, as AdaIN does for features)
+        from kornia.color import lab_to_rgb
+        final_lab = _colour_transfer(_lab(_resize(estimate, (h, w))), s_lab_full) * 25.0
+        stylised = lab_to_rgb(final_lab.float()).to(content.dtype).clamp(0, 1)
+        out_full = strength * stylised + (1 - strength) * content
+    if preserve_color:
+        out_full = preserve_content_color(out_full, content)
+    if mask is not None:
+        out_full = blend_with_mask(out_full, content, prepare_mask(mask.to(out_full.device), out_full.shape[0],
+                                                                   out_full.shape[-2:]))
+    return out_full.clamp(0, 1)
