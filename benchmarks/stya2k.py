@@ -1,0 +1,53 @@
+"""StyA2K inference: time and peak memory at 512, 1024 and 2048 (batch 1, CPU), beside the official figures.
+
+The official figures were measured on this machine class (2 threads) with the official code and are quoted
+from the issue: 512 about 5 s / 1.6 GB peak RSS, 1024 about 32 s / 8.9 GB (of which about 11 s is the relu3_1
+A2K and its 2 GB tensor); the official code was not run at 2048. Weights are random (cost does not depend on
+their values). Each size runs in its own subprocess.
+
+    python benchmarks/stya2k.py [--sizes 512 1024 2048] [--threads 2]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from _harness import measure, run_child, set_threads
+
+OFFICIAL = {512: (5.0, 1.6 * 1024), 1024: (32.0, 8.9 * 1024)}
+
+
+def child(size: int, threads: int) -> dict:
+    import torch
+    from dynast_core.models.stya2k import StyA2K
+    set_threads(threads)
+    torch.manual_seed(0)
+    model = StyA2K().eval()
+    c, s = torch.rand(1, 3, size, size), torch.rand(1, 3, size, size)
+    with torch.no_grad():
+        _, seconds, peak = measure(lambda: model(c, s))
+    return {"seconds": seconds, "peak_mb": peak}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sizes", type=int, nargs="+", default=[512, 1024, 2048])
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--child", nargs=1, help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    if a.child:
+        print(json.dumps(child(int(a.child[0]), a.threads)))
+        return 0
+    print(f"{'size':>6} | {'ours s':>8} {'ours MB':>9} | {'official s':>10} {'official MB':>11}")
+    for size in a.sizes:
+        r = run_child(__file__, [size], a.threads)
+        o = OFFICIAL.get(size)
+        ours = "failed: " + r["error"] if "error" in r else f"{r['seconds']:8.1f} {r['peak_mb']:9.0f}"
+        off = f"{o[0]:10.1f} {o[1]:11.0f}" if o else f"{'not run':>10} {'':>11}"
+        print(f"{size:>6} | {ours} | {off}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

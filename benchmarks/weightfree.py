@@ -1,0 +1,153 @@
+"""Weight-free matching and style transfer, measured.
+
+Correspondence: textured procedural images warped by a known affine or thin-plate-spline warp; the target
+is matched to the exemplar by (a) dense attention at 1/8 scale, its source positions upsampled (the
+CoCosNet-style baseline) and (b) the parameter-free DynaST cascade at full resolution. Reported: mean
+end-point error (px, positions whose true source lies inside the exemplar), PSNR of the warped exemplar
+against the target (8 px border excluded), time and peak memory, at 256, 512 and 1024.
+
+Style transfer: time and peak memory at 512 and 1024; on the 5 x 5 content/style pairs of
+../shared/data/stya2k_samples (at 256): a colour-statistics distance to the style (sum over RGB of |mean
+difference| + |std difference|) and an edge-structure similarity to the content (correlation of Sobel
+gradient magnitudes of the luminance), for strength 0.5 and 1.0; and the 5 x 5 grid image, written to
+the path printed (never committed).
+
+    python benchmarks/weightfree.py [--sizes 256 512 1024] [--threads 2] [--grid-out /tmp/wf_grid.png]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+
+from _harness import ROOT, measure, run_child, set_threads
+
+SAMPLES = os.path.join(os.path.dirname(ROOT), "shared", "data", "stya2k_samples")
+
+
+def match_child(method: str, warp: str, size: int, threads: int) -> dict:
+    import torch.nn.functional as F
+    from dynast_core.demo import affine_grid, grid_to_pixels, textured_image, tps_grid, warp_with_grid
+    from dynast_core.weightfree import image_descriptors, match_descriptors, match_images
+    set_threads(threads)
+    ex = textured_image(size, size, seed=3)
+    grid = affine_grid(size, size) if warp == "affine" else tps_grid(size, size, seed=5)
+    target = warp_with_grid(ex, grid)
+    if method == "cascade":
+        corr, seconds, peak = measure(lambda: match_images(target, ex))
+        src = corr.source_coordinates()
+    else:
+        g = (size // 8, size // 8)
+
+        def run():
+            return match_descriptors(image_descriptors(target, [g]), image_descriptors(ex, [g]))
+        corr, seconds, peak = measure(run)
+        src = F.interpolate(corr.source_coordinates() * 8 + 3.5, size=(size, size), mode="bilinear",
+                            align_corners=False)
+    truth = grid_to_pixels(grid, (size, size))
+    inside = ((truth[:, 0] >= 0) & (truth[:, 0] <= size - 1) & (truth[:, 1] >= 0) & (truth[:, 1] <= size - 1))
+    epe = (src - truth).norm(dim=1)[inside].mean().item()
+    warped = corr.warp(ex, output_size=(size, size))
+    mse = F.mse_loss(warped[..., 8:-8, 8:-8], target[..., 8:-8, 8:-8]).item()
+    return {"seconds": seconds, "peak_mb": peak, "epe": epe, "psnr": -10 * math.log10(max(mse, 1e-12))}
+
+
+def style_child(size: int, threads: int) -> dict:
+    from dynast_core.demo import brush_texture, scene_image
+    from dynast_core.weightfree import stylize_weight_free
+    set_threads(threads)
+    c, s = scene_image(size, size), brush_texture(size, size)
+    _, seconds, peak = measure(lambda: stylize_weight_free(c, s))
+    return {"seconds": seconds, "peak_mb": peak}
+
+
+def _edges(x):
+    from kornia.filters import sobel
+    grey = (0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2])[:, None]
+    return sobel(grey).flatten()
+
+
+def style_quality(threads: int, out_path: str) -> None:
+    import torch
+    import torch.nn.functional as F
+    from dynast_core.demo import contact_sheet
+    from dynast_core.imageio import load_image, save_image
+    from dynast_core.weightfree import stylize_weight_free
+    set_threads(threads)
+    if not os.path.isdir(SAMPLES):
+        print(f"(style quality skipped: {SAMPLES} not found)")
+        return
+
+    def load(kind):
+        folder = os.path.join(SAMPLES, kind)
+        return [F.interpolate(load_image(os.path.join(folder, f)), size=(256, 256), mode="area")
+                for f in sorted(os.listdir(folder))[:5]]
+    contents, styles = load("content"), load("style")
+    stats = {0.5: [], 1.0: []}
+    rows = []
+    for c in contents:
+        row = []
+        for s in styles:
+            full = stylize_weight_free(c, s)
+            row.append(full)
+            for strength in stats:
+                out = (strength * full + (1 - strength) * c).clamp(0, 1)
+                colour = ((out.mean((2, 3)) - s.mean((2, 3))).abs().sum()
+                          + (out.std((2, 3)) - s.std((2, 3))).abs().sum()).item()
+                base = ((c.mean((2, 3)) - s.mean((2, 3))).abs().sum()
+                        + (c.std((2, 3)) - s.std((2, 3))).abs().sum()).item()
+                edge = torch.corrcoef(torch.stack([_edges(out), _edges(c)]))[0, 1].item()
+                stats[strength].append((colour, base, edge))
+        rows.append(row)
+    print(f"{'strength':>8} | {'colour dist to style':>20} {'(content: )':>11} | {'edge corr with content':>22}")
+    for strength, vals in stats.items():
+        n = len(vals)
+        print(f"{strength:>8} | {sum(v[0] for v in vals) / n:20.3f} {sum(v[1] for v in vals) / n:11.3f} | "
+              f"{sum(v[2] for v in vals) / n:22.3f}")
+    cells = {}
+    for i, row in enumerate(rows):
+        for j, img in enumerate(row):
+            cells[f"content {i + 1} x style {j + 1}"] = img
+    save_image(contact_sheet(cells, columns=5)[0], out_path)
+    print(f"5 x 5 grid: {out_path}")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sizes", type=int, nargs="+", default=[256, 512, 1024])
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--grid-out", default="/tmp/weightfree_style_grid.png")
+    p.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    if a.child:
+        if a.child[0] == "style":
+            print(json.dumps(style_child(int(a.child[1]), a.threads)))
+        else:
+            print(json.dumps(match_child(a.child[0], a.child[1], int(a.child[2]), a.threads)))
+        return 0
+    print("Correspondence on known warps (dense 1/8 baseline vs cascade)")
+    print(f"{'size':>5} {'warp':>6} | {'method':>12} {'EPE px':>7} {'PSNR dB':>8} {'s':>7} {'peak MB':>8}")
+    for size in a.sizes:
+        for warp in ("affine", "tps"):
+            for method in ("dense_1/8", "cascade"):
+                r = run_child(__file__, [method, warp, size], a.threads)
+                if "error" in r:
+                    print(f"{size:>5} {warp:>6} | {method:>12} failed: {r['error']}")
+                    continue
+                print(f"{size:>5} {warp:>6} | {method:>12} {r['epe']:7.2f} {r['psnr']:8.2f} {r['seconds']:7.2f} "
+                      f"{r['peak_mb']:8.0f}", flush=True)
+    print("\nStyle transfer time (procedural content/style)")
+    print(f"{'size':>5} | {'s':>7} {'peak MB':>8}")
+    for size in (512, 1024):
+        r = run_child(__file__, ["style", size], a.threads)
+        print(f"{size:>5} | " + (f"failed: {r['error']}" if "error" in r else
+                                 f"{r['seconds']:7.2f} {r['peak_mb']:8.0f}"), flush=True)
+    print("\nStyle transfer quality on the 5 x 5 sample pairs (256 px)")
+    style_quality(a.threads, a.grid_out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
