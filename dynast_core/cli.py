@@ -144,7 +144,56 @@ def _run_match(args) -> int:
     return 0
 
 
-REGISTRY = [_add_demo_command, _add_stylize_command, _add_match_command, _add_convert_command]
+# ---------------------------------------------------------------------------------------------- generate
+def _add_generate_command(sub) -> None:
+    p = sub.add_parser("generate", help="DynaST: exemplar + target layout -> image (needs a checkpoint)",
+                       description="Generate an image with the layout of the target (pose keypoints JSON or a "
+                                   "ready label map .pt/.safetensors) and the appearance of the exemplar.")
+    p.add_argument("--model", required=True, help="latest_net_G.pth or a converted .safetensors")
+    p.add_argument("--exemplar", required=True, help="exemplar image")
+    p.add_argument("--exemplar-pose", help="exemplar pose keypoints (OpenPose-18 JSON, ComfyUI POSE_KEYPOINT)")
+    p.add_argument("--pose", help="target pose keypoints JSON")
+    p.add_argument("--exemplar-label", help="exemplar label map (.safetensors with one tensor (C, H, W))")
+    p.add_argument("--label", help="target label map (.safetensors with one tensor (C, H, W))")
+    p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), help="output size (default: the exemplar's)")
+    p.add_argument("-o", "--output", required=True)
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=_run_generate)
+
+
+def _read_label(path):
+    from .checkpoints import read_state_dict
+    sd, _ = read_state_dict(path)
+    if len(sd) != 1:
+        raise ValueError(f"{path}: expected one tensor (C, H, W), found {len(sd)}")
+    t = next(iter(sd.values())).float()
+    return t[None] if t.dim() == 3 else t
+
+
+def _run_generate(args) -> int:
+    import torch.nn.functional as F
+    from .imageio import load_image, save_image
+    from .models.dynast import generate, load_dynast
+    model = load_dynast(args.model, device=_device(args.device))
+    exemplar = load_image(args.exemplar)
+    h, w = args.size or exemplar.shape[-2:]
+    labels = []
+    for pose, label, name in ((args.exemplar_pose, args.exemplar_label, "exemplar"), (args.pose, args.label, "target")):
+        if label:
+            labels.append(F.interpolate(_read_label(label), size=(h, w), mode="nearest"))
+        elif pose:
+            from .conditioning import parse_pose_keypoints, pose_keypoints_to_label
+            kp = parse_pose_keypoints(pose, width=w, height=h)
+            labels.append(pose_keypoints_to_label(kp[:1], h, w))
+        else:
+            raise ValueError(f"give the {name} layout: --{'exemplar-' if name == 'exemplar' else ''}pose JSON or "
+                             f"--{'exemplar-' if name == 'exemplar' else ''}label FILE")
+    out = generate(model, labels[1], exemplar, labels[0])
+    print(f"Wrote {save_image(out.image[0], args.output)}")
+    return 0
+
+
+REGISTRY = [_add_demo_command, _add_generate_command, _add_stylize_command, _add_match_command, _add_convert_command]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,52 @@
+"""DynaST generator inference: time and peak memory at 256, 512 and 1024 (batch 1, CPU), beside the official
+figures (measured on this machine class with the official code, quoted from the issue: 256 about 8 s and
+2.4 GB peak RSS; the official model fails at any other size). Weights are random (the deepfashion preset;
+cost does not depend on their values). Each size runs in its own subprocess.
+
+    python benchmarks/dynast.py [--sizes 256 512 1024] [--threads 2]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from _harness import measure, run_child, set_threads
+
+OFFICIAL = {256: (8.0, 2.4 * 1024)}
+
+
+def child(size: int, threads: int) -> dict:
+    import torch
+    from dynast_core.models.dynast import DynaSTGenerator, dynast_config
+    set_threads(threads)
+    torch.manual_seed(0)
+    model = DynaSTGenerator(dynast_config("deepfashion")).eval()
+    label, ex_label = torch.rand(1, 20, size, size), torch.rand(1, 20, size, size)
+    ex = torch.rand(1, 3, size, size) * 2 - 1
+    with torch.no_grad():
+        _, seconds, peak = measure(lambda: model(label, ex, ex_label))
+    return {"seconds": seconds, "peak_mb": peak}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sizes", type=int, nargs="+", default=[256, 512, 1024])
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--child", nargs=1, help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    if a.child:
+        print(json.dumps(child(int(a.child[0]), a.threads)))
+        return 0
+    print(f"{'size':>6} | {'ours s':>8} {'ours MB':>9} | {'official s':>10} {'official MB':>11}")
+    for size in a.sizes:
+        r = run_child(__file__, [size], a.threads)
+        o = OFFICIAL.get(size)
+        ours = "failed: " + r["error"] if "error" in r else f"{r['seconds']:8.1f} {r['peak_mb']:9.0f}"
+        off = f"{o[0]:10.1f} {o[1]:11.0f}" if o else f"{'fails':>10} {'':>11}"
+        print(f"{size:>6} | {ours} | {off}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

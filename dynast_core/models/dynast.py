@@ -1,0 +1,361 @@
+"""DynaST generator (Liu et al., ECCV 2022), key-compatible with Huage001/DynaST ``generator.py``.
+
+Structure (written once, looped over the scales 1/8 -> 1): two feature pyramids (the target label, and
+the exemplar image + its label), SPADE residual embeddings, ``n_layers`` transformer blocks per scale
+(dense at 1/8; at finer scales the first block inter-scale sparse, the others inner-scale sparse), and a
+synthesis path that upsamples and merges the per-scale outputs into the image.
+
+Official quirks reproduced (each changes outputs):
+
+* the dense blocks divide logits by sqrt(C) (``smooth=None``), the sparse blocks by ``smooth`` (0.01); the
+  dense gate logits are divided by the gate width, the sparse ones are not;
+* ``embed_1`` is built and saved but the last stage calls ``embed_q1`` again: we keep ``embed_1`` for key
+  compatibility and call ``embed_q1``;
+* each ResidualBlock registers one PReLU twice (``relu`` and ``model.2``): both keys load, into one module;
+* positional norm uses the unbiased variance; feature normalisation adds eps 1e-10 to the norm;
+* the top-k after the 1/8 scale comes from the *last* dense block's logits; the last block of the finest
+  scale computes no top-k.
+
+Beyond the official code (which runs only at exactly ``crop_size``): any size and aspect. Inputs are
+reflection-padded to a multiple of 8 and the output cropped back; the 32x32 position embedding is resampled
+bilinearly to the 1/8 grid (at the training size it is used as stored). The exemplar is resized to the
+target's size (the official code uses equal sizes).
+
+Matching and decoding are split: :meth:`DynaSTGenerator.match` runs the encoders and transformers and
+returns a :class:`DynaSTMatch` (per-scale features and correspondences); :meth:`DynaSTGenerator.decode`
+runs only the synthesis path on it.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Dict, List, Mapping, Optional, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..checkpoints import (CheckpointError, describe_state_dict, fold_spectral_norm, read_state_dict,
+                           save_safetensors, strip_prefix)
+from ..correspondence import Correspondence
+from .blocks import DenseTransformerBlock, FeatureGenerator, SPADEResnetBlock, SparseTransformerBlock
+
+__all__ = ["DynaSTConfig", "DYNAST_PRESETS", "dynast_config", "infer_dynast_config", "DynaSTGenerator",
+           "DynaSTMatch", "DynaSTOutput", "load_dynast", "convert_dynast_checkpoint", "save_dynast_safetensors",
+           "generate"]
+
+FORMAT = "dynast_core.DynaSTGenerator"
+
+
+@dataclass
+class DynaSTConfig:
+    """Architecture hyper-parameters (names as the official options)."""
+
+    semantic_nc: int = 20
+    ngf: int = 64
+    max_multi: int = 8
+    n_layers: int = 2
+    top_k: int = 4
+    smooth: float = 0.01
+    pos_dim: int = 16
+    prune_dim: int = 16
+    crop_size: int = 256
+
+    def width(self, scale: int) -> int:
+        """Feature width at scale index ``scale`` (1 = full, 2 = 1/2, 3 = 1/4, 4 = 1/8)."""
+        return self.ngf * min(self.max_multi, 2 ** (scale - 1))
+
+    def mult(self, scale: int) -> int:
+        return min(self.max_multi, 2 ** (scale - 1))
+
+
+#: The official test scripts' values (note n_layers 2, not the argparse default 3).
+DYNAST_PRESETS: Dict[str, DynaSTConfig] = {
+    "deepfashion": DynaSTConfig(semantic_nc=20),
+    "celebahq_edge": DynaSTConfig(semantic_nc=15),
+}
+
+
+def dynast_config(name: str) -> DynaSTConfig:
+    if name not in DYNAST_PRESETS:
+        raise ValueError(f"unknown DynaST preset {name!r}; choose one of {sorted(DYNAST_PRESETS)}")
+    return replace(DYNAST_PRESETS[name])
+
+
+def infer_dynast_config(sd: Mapping[str, torch.Tensor]) -> DynaSTConfig:
+    """Recover the config from generator tensors (official or folded)."""
+    try:
+        w1 = sd["encoder_q.layer1.0.weight_orig"] if "encoder_q.layer1.0.weight_orig" in sd \
+            else sd["encoder_q.layer1.0.weight"]
+        ngf, semantic_nc = int(w1.shape[0]), int(w1.shape[1])
+        w4 = sd["encoder_q.layer4.0.weight_orig"] if "encoder_q.layer4.0.weight_orig" in sd \
+            else sd["encoder_q.layer4.0.weight"]
+        max_multi = int(w4.shape[0]) // ngf
+        pos = sd["pos_embed"]
+        pos_dim = int(pos.shape[1]) // min(max_multi, 8)
+        crop = int(pos.shape[-1]) * 8
+        prune_dim = int(sd["transformer_1.0.f_prune.weight"].shape[0])
+        n_layers = len({k.split(".")[1] for k in sd if k.startswith("transformer_4.")})
+    except KeyError as err:
+        raise CheckpointError(f"not a DynaST generator: key {err} is missing; it looks like "
+                              f"{describe_state_dict(sd)}") from None
+    return DynaSTConfig(semantic_nc=semantic_nc, ngf=ngf, max_multi=max_multi, n_layers=n_layers,
+                        pos_dim=pos_dim, prune_dim=prune_dim, crop_size=crop)
+
+
+@dataclass
+class DynaSTMatch:
+    """What :meth:`DynaSTGenerator.match` computed: everything :meth:`DynaSTGenerator.decode` needs.
+
+    ``features[s]``: the transformer output at scale ``s`` (4 = 1/8 ... 1 = full), on the padded grid;
+    ``correspondences[s]``: :class:`Correspondence` of the last block of each scale (on the grid of the
+    input padded to a multiple of 8); ``confidence[s]``: ``(B, 1, h, w)``; ``label``: the padded target label;
+    ``size``: the unpadded ``(H, W)``; ``warped``: per-block warped exemplars (training only).
+    """
+
+    features: Dict[int, torch.Tensor]
+    correspondences: Dict[int, Correspondence]
+    confidence: Dict[int, torch.Tensor]
+    label: torch.Tensor
+    size: tuple
+    warped: List[torch.Tensor] = field(default_factory=list)
+
+    @property
+    def correspondence(self) -> Correspondence:
+        """The finest-scale correspondence."""
+        return self.correspondences[1]
+
+
+@dataclass
+class DynaSTOutput:
+    """``image``: ``(B, 3, H, W)`` in [-1, 1]; ``correspondence``: finest scale; ``confidence``: per scale."""
+
+    image: torch.Tensor
+    correspondence: Correspondence
+    confidence: Dict[int, torch.Tensor]
+    match: DynaSTMatch
+
+
+def _up_conv(cin, cout, act):
+    return nn.Sequential(nn.Upsample(scale_factor=2, mode="bilinear", align_corners=True),
+                         nn.Conv2d(cin, cout, (3, 3), (1, 1), 1, padding_mode="reflect"), act)
+
+
+class DynaSTGenerator(nn.Module):
+    """The DynaST generator. ``forward(label, exemplar, exemplar_label)``: official value ranges (exemplar RGB
+    in [-1, 1], labels as the official datasets build them), any size; returns :class:`DynaSTOutput`."""
+
+    def __init__(self, config: Optional[DynaSTConfig] = None):
+        super().__init__()
+        cfg = self.config = config or DynaSTConfig()
+        nc, kvc = cfg.semantic_nc, cfg.semantic_nc + 3
+        self.encoder_q = FeatureGenerator(nc, cfg.ngf, cfg.max_multi)
+        self.encoder_kv = FeatureGenerator(kvc, cfg.ngf, cfg.max_multi)
+        self.pos_embed = nn.Parameter(torch.randn(1, cfg.pos_dim * cfg.mult(4), cfg.crop_size // 8,
+                                                  cfg.crop_size // 8))
+        for s in (4, 3, 2, 1):
+            w, m = cfg.width(s), cfg.mult(s)
+            setattr(self, f"embed_q{s}", SPADEResnetBlock(w, nc))
+            setattr(self, f"embed_kv{s}", SPADEResnetBlock(w, kvc))
+            dims = ((cfg.ngf + cfg.pos_dim) * m, w, cfg.prune_dim * m, nc)
+            if s == 4:
+                blocks = [DenseTransformerBlock(*dims) for _ in range(cfg.n_layers)]
+            else:
+                blocks = [SparseTransformerBlock(*dims, smooth=cfg.smooth, inter_scale=i == 0)
+                          for i in range(cfg.n_layers)]
+            setattr(self, f"transformer_{s}", nn.ModuleList(blocks))
+            if s < 4:
+                wp = cfg.width(s + 1)
+                for name in ("decoder_", "decoder_q", "decoder_kv"):
+                    setattr(self, f"{name}{s + 1}{s}", _up_conv(wp, w, nn.ReLU()))
+                setattr(self, f"pos_{s + 1}{s}", _up_conv(cfg.pos_dim * cfg.mult(s + 1), cfg.pos_dim * m,
+                                                          nn.LeakyReLU()))
+                # embed_1 exists in the official checkpoint but is never called (embed_q1 is used instead)
+                setattr(self, f"embed_{s}", SPADEResnetBlock(w, nc))
+        self.decoder_10 = nn.Sequential(nn.Conv2d(cfg.ngf, 3, (3, 3), (1, 1), 1, padding_mode="reflect"),
+                                        nn.Tanh())
+
+    # ------------------------------------------------------------------ inputs
+    def _check(self, label, exemplar, exemplar_label):
+        nc = self.config.semantic_nc
+        for name, t, c in (("label", label, nc), ("exemplar", exemplar, 3), ("exemplar_label", exemplar_label, nc)):
+            if not isinstance(t, torch.Tensor) or t.dim() != 4 or t.shape[1] != c:
+                raise ValueError(f"{name} must be (B, {c}, H, W) for this model (semantic_nc={nc}), got "
+                                 f"{getattr(t, 'shape', type(t).__name__)}")
+        if min(label.shape[-2:]) < 16:
+            raise ValueError(f"label is {label.shape[-2]}x{label.shape[-1]}: at least 16 pixels per side are needed")
+        b = label.shape[0]
+        if exemplar.shape[0] != exemplar_label.shape[0] or exemplar.shape[0] not in (1, b):
+            raise ValueError(f"exemplar batch {exemplar.shape[0]} and exemplar_label batch "
+                             f"{exemplar_label.shape[0]} must agree and be 1 or the label batch {b}")
+        if exemplar.shape[-2:] != exemplar_label.shape[-2:]:
+            raise ValueError(f"exemplar {tuple(exemplar.shape[-2:])} and exemplar_label "
+                             f"{tuple(exemplar_label.shape[-2:])} must have the same size")
+
+    def prepare(self, label, exemplar, exemplar_label):
+        """Validate, broadcast the exemplar batch, resize the exemplar to the label's size and pad to x8."""
+        self._check(label, exemplar, exemplar_label)
+        b, (h, w) = label.shape[0], label.shape[-2:]
+        if exemplar.shape[0] == 1 and b > 1:
+            exemplar, exemplar_label = exemplar.expand(b, -1, -1, -1), exemplar_label.expand(b, -1, -1, -1)
+        if exemplar.shape[-2:] != (h, w):
+            exemplar = F.interpolate(exemplar, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
+            exemplar_label = F.interpolate(exemplar_label, size=(h, w), mode="nearest")
+        ph, pw = (-h) % 8, (-w) % 8
+        if ph or pw:
+            pad = lambda x: F.pad(x, (0, pw, 0, ph), mode="reflect")  # noqa: E731
+            label, exemplar, exemplar_label = pad(label), pad(exemplar), pad(exemplar_label)
+        return label, exemplar, exemplar_label, (h, w)
+
+    def position_embedding(self, size) -> torch.Tensor:
+        """The position embedding on a ``size`` 1/8 grid (resampled when it differs from the stored one)."""
+        pos = self.pos_embed
+        if tuple(pos.shape[-2:]) != tuple(size):
+            pos = F.interpolate(pos, size=tuple(size), mode="bilinear", align_corners=False)
+        return pos
+
+    # ------------------------------------------------------------------ match / decode
+    def match(self, label: torch.Tensor, exemplar: torch.Tensor, exemplar_label: torch.Tensor, *,
+              warp_exemplar: bool = False, warp_exclude: str = "kept", query_chunk_size: Optional[int] = None,
+              progress=None) -> DynaSTMatch:
+        """Encoders and transformer blocks of every scale: the correspondence part of the network.
+
+        ``warp_exemplar`` also computes the warp branch of the training loss (the exemplar, average-pooled
+        to each scale, warped by each block's attention); ``progress(step, 4)`` is called per scale.
+        """
+        cfg = self.config
+        label, exemplar, exemplar_label, size = self.prepare(label, exemplar, exemplar_label)
+        ref = torch.cat([exemplar, exemplar_label], 1)
+        q_prev = dict(zip((4, 3, 2, 1), self.encoder_q(label)))
+        kv_prev = dict(zip((4, 3, 2, 1), self.encoder_kv(ref)))
+        features, corrs, confs, warped = {}, {}, {}, []
+        topk = q = kv = pos = None
+        for s in (4, 3, 2, 1):
+            if s == 4:
+                q = self.embed_q4(q_prev[4], label)
+                kv = self.embed_kv4(kv_prev[4], ref)
+                pos = self.position_embedding(q.shape[-2:])
+            else:
+                q = getattr(self, f"embed_q{s}")(getattr(self, f"decoder_q{s + 1}{s}")(q) + q_prev[s], label)
+                kv = getattr(self, f"embed_kv{s}")(getattr(self, f"decoder_kv{s + 1}{s}")(kv) + kv_prev[s], ref)
+                pos = getattr(self, f"pos_{s + 1}{s}")(pos)
+            wv = F.avg_pool2d(exemplar, 2 ** (s - 1)) if warp_exemplar and s > 1 else (exemplar if warp_exemplar
+                                                                                       else None)
+            x = q
+            blocks = getattr(self, f"transformer_{s}")
+            for i, block in enumerate(blocks):
+                last = i == len(blocks) - 1
+                if s == 4:
+                    out = block(x, kv, kv, pos, label, top_k=cfg.top_k if last else 0, warp_values=wv,
+                                warp_exclude=warp_exclude, query_chunk_size=query_chunk_size)
+                else:
+                    out = block(x, kv, kv, pos, label, topk, need_topk=not (s == 1 and last), warp_values=wv,
+                                warp_exclude=warp_exclude, query_chunk_size=query_chunk_size)
+                x = out.features
+                if out.topk is not None:
+                    topk = out.topk
+                if out.warped is not None:
+                    warped.append(out.warped)
+            grid = tuple(x.shape[-2:])
+            corrs[s] = Correspondence(out.candidates, out.weights, grid, grid, out.confidence)
+            confs[s] = out.confidence
+            features[s] = x
+            if progress is not None:
+                progress(5 - s, 4)
+        return DynaSTMatch(features, corrs, confs, label, size, warped)
+
+    def decode(self, m: DynaSTMatch) -> torch.Tensor:
+        """The synthesis path on a :class:`DynaSTMatch`: ``(B, 3, H, W)`` in [-1, 1] (padding cropped)."""
+        x = m.features[4]
+        for s in (3, 2, 1):
+            x = getattr(self, f"decoder_{s + 1}{s}")(x)
+            embed = self.embed_q1 if s == 1 else getattr(self, f"embed_{s}")   # official: embed_q1, not embed_1
+            x = embed(x + m.features[s], m.label)
+        h, w = m.size
+        return self.decoder_10(x)[..., :h, :w]
+
+    def forward(self, label: torch.Tensor, exemplar: torch.Tensor, exemplar_label: torch.Tensor,
+                **kwargs) -> DynaSTOutput:
+        m = self.match(label, exemplar, exemplar_label, **kwargs)
+        return DynaSTOutput(self.decode(m), m.correspondence, m.confidence, m)
+
+
+# ---------------------------------------------------------------------------------------------- loading
+def _official_to_ours(sd: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """Fold spectral norm; everything else keeps its official name. A ResidualBlock's PReLU is stored as
+    ``relu.weight`` and ``model.2.weight`` (one module); files that keep only one get the other filled."""
+    out = fold_spectral_norm(sd)
+    for k in list(out):
+        if k.endswith(".relu.weight") and k[: -len("relu.weight")] + "model.0.weight" in out:
+            out.setdefault(k[: -len("relu.weight")] + "model.2.weight", out[k])
+    for k in list(out):
+        if k.endswith(".model.2.weight"):
+            out.setdefault(k[: -len("model.2.weight")] + "relu.weight", out[k])
+    return out
+
+
+def load_dynast(path_or_state_dict: Union[str, os.PathLike, Mapping[str, torch.Tensor]], *,
+                config: Optional[DynaSTConfig] = None, device=None,
+                dtype: Optional[torch.dtype] = None) -> DynaSTGenerator:
+    """Load a DynaST generator: the official ``latest_net_G.pth`` (raw state_dict, optional ``module.``
+    prefix, read with ``weights_only=True``), our ``.safetensors`` (config in its metadata) or a state dict.
+
+    The config is taken from the file's metadata, else inferred from the tensors, unless given.
+
+    Raises:
+        CheckpointError: not a DynaST generator (the message says what the file looks like), truncated,
+            or a key whose shape does not match (named, with both shapes).
+    """
+    meta: Dict[str, str] = {}
+    if isinstance(path_or_state_dict, Mapping):
+        sd = strip_prefix(path_or_state_dict)
+        source = "state dict"
+    else:
+        sd, meta = read_state_dict(path_or_state_dict)
+        source = str(path_or_state_dict)
+    if "pos_embed" not in sd or not any(k.startswith("transformer_4.") for k in sd):
+        raise CheckpointError(f"{source} is not a DynaST generator: it looks like {describe_state_dict(sd)}")
+    if config is None:
+        config = DynaSTConfig(**json.loads(meta["config"])) if "config" in meta else infer_dynast_config(sd)
+    model = DynaSTGenerator(config)
+    if dtype is not None:
+        model.to(dtype)        # before loading, so float64 weights are not rounded through float32
+        sd = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in sd.items()}
+    sd = _official_to_ours(sd)
+    want = model.state_dict()
+    missing = [k for k in want if k not in sd]
+    unexpected = [k for k in sd if k not in want]
+    if missing or unexpected:
+        raise CheckpointError(f"{source} does not match the DynaST generator ({len(missing)} keys missing, e.g. "
+                              f"{missing[:2]}; {len(unexpected)} unexpected, e.g. {unexpected[:2]})")
+    for k, v in want.items():
+        if tuple(sd[k].shape) != tuple(v.shape):
+            raise CheckpointError(f"{source}: key {k} has shape {tuple(sd[k].shape)}, the model expects "
+                                  f"{tuple(v.shape)}")
+    model.load_state_dict(sd, strict=True)
+    return model.eval().to(device=device or "cpu")
+
+
+def save_dynast_safetensors(model: DynaSTGenerator, path) -> Path:
+    """Write the (folded) weights with the config in the metadata."""
+    meta = {"format": FORMAT, "config": json.dumps(asdict(model.config))}
+    sd = {k: v for k, v in model.state_dict().items() if not k.endswith(".model.2.weight")}  # shared PReLU
+    return save_safetensors(path, sd, meta)
+
+
+def convert_dynast_checkpoint(src, dst) -> Path:
+    """Official ``.pth`` -> ``.safetensors`` with config metadata (spectral norm folded)."""
+    return save_dynast_safetensors(load_dynast(src), dst)
+
+
+@torch.no_grad()
+def generate(model: DynaSTGenerator, label: torch.Tensor, exemplar: torch.Tensor, exemplar_label: torch.Tensor,
+             **kwargs) -> DynaSTOutput:
+    """User-facing generation: ``exemplar`` RGB in [0, 1] (any size; resized to the label's), labels as
+    :mod:`dynast_core.conditioning` builds them; returns the output with ``.image`` in [0, 1]."""
+    p = next(model.parameters())
+    out = model(label.to(p), (exemplar.to(p) * 2 - 1), exemplar_label.to(p), **kwargs)
+    out.image = ((out.image + 1) / 2).clamp(0, 1)
+    return out
