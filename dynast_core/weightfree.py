@@ -40,6 +40,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
+from .attention._common import chunk_ranges
 from .attention import (all_to_key_attention, dynamic_attention, inner_scale_sparse_attention,
                         inter_scale_sparse_attention)
 from .correspondence import Correspondence
@@ -49,6 +50,7 @@ __all__ = ["pyramid_sizes", "image_descriptors", "channel_descriptors", "match_d
            "match_layouts", "match_latents", "stylize_weight_free"]
 
 Progress = Optional[Callable[[int, int], None]]
+MATCH_MEMORY_BUDGET = 4 * 2 ** 20
 
 
 # ---------------------------------------------------------------------------------------------- features
@@ -149,7 +151,8 @@ def _interrupt(progress: Progress, step: int, total: int) -> None:
 # ---------------------------------------------------------------------------------------------- matching
 def match_descriptors(target: Sequence[torch.Tensor], exemplar: Sequence[torch.Tensor], *, top_k: int = 4,
                       temperature: float = 0.05, propagation_steps: int = 2, confidence_scale: float = 1.0,
-                      query_chunk_size: Optional[int] = None, progress: Progress = None) -> Correspondence:
+                      query_chunk_size: Optional[int] = None, memory_budget: int = MATCH_MEMORY_BUDGET,
+                      progress: Progress = None) -> Correspondence:
     """The parameter-free DynaST cascade on two descriptor pyramids.
 
     Args:
@@ -160,7 +163,9 @@ def match_descriptors(target: Sequence[torch.Tensor], exemplar: Sequence[torch.T
         temperature: softmax temperature of the negative squared distances.
         propagation_steps: inner-scale steps per level after the inter-scale step.
         confidence_scale: ``d0`` of the match-quality confidence ``exp(-d / d0)``.
-        query_chunk_size: bounds the working memory of every attention call.
+        query_chunk_size: queries per chunk of every attention call (overrides ``memory_budget``).
+        memory_budget: bytes of working memory per chunk (default 4 MiB: the candidate sets are
+            small, so small chunks cost little time and keep the peak near the size of the descriptors).
         progress: ``progress(step, total)`` called after every level (for progress bars / interruption).
 
     Returns:
@@ -181,11 +186,11 @@ def match_descriptors(target: Sequence[torch.Tensor], exemplar: Sequence[torch.T
     hk, wk = exemplar[-1].shape[-2:]
     k_eff = min(top_k, hk * wk)
     dummy = torch.zeros_like(exemplar[-1][:, :1])
-    dense = dynamic_attention(qa, ka, dummy, top_k=k_eff, scale=temperature, query_chunk_size=query_chunk_size)
+    dense = dynamic_attention(qa, ka, dummy, top_k=k_eff, scale=temperature, query_chunk_size=query_chunk_size, memory_budget=memory_budget)
     topk = dense.topk_indices
     qb, kb = _augment(exemplar[-1], target[-1], temperature)
     back = dynamic_attention(qb, kb, torch.zeros_like(target[-1][:, :1]), top_k=1, scale=temperature,
-                             query_chunk_size=query_chunk_size).topk_indices[..., 0]
+                             query_chunk_size=query_chunk_size, memory_budget=memory_budget).topk_indices[..., 0]
     fwd = topk[..., 0]
     round_trip = back.gather(1, fwd)
     ty, tx = torch.arange(hq * wq, device=fwd.device) // wq, torch.arange(hq * wq, device=fwd.device) % wq
@@ -193,38 +198,44 @@ def match_descriptors(target: Sequence[torch.Tensor], exemplar: Sequence[torch.T
     # ambiguity (flat regions) is not error: a failed round trip lowers the confidence, it does not zero it
     cycle = (0.3 + 0.7 * torch.exp(-(err / 3.0) ** 2)).view(b, 1, hq, wq)
     _interrupt(progress, 1, total)
-    result = None
+    del qa, ka, qb, kb
+    weights = dense.topk_weights
+    target = list(target)
     for level in range(levels - 2, -1, -1):
-        q, k = target[level], exemplar[level]
-        qa, ka = _augment(q, k, temperature)
-        v = torch.zeros_like(k[:, :1])
         last = level == 0
-        result = inter_scale_sparse_attention(qa, ka, v, topk, scale=temperature, top_k=k_eff,
-                                              query_chunk_size=query_chunk_size)
-        topk = result.topk_indices
-        for _ in range(propagation_steps):
-            result = inner_scale_sparse_attention(qa, ka, v, topk, scale=temperature, top_k=k_eff,
-                                                  query_chunk_size=query_chunk_size)
-            topk = result.topk_indices
+        q, k = target[level], exemplar[level]
+        target[level] = exemplar[level] = None    # free each level once used: the peak stays near one level
+        qa, ka = _augment(q, k, temperature)
+        del q, k
+        v = torch.zeros_like(ka[:, :1])
+        for step in range(propagation_steps + 1):
+            final = last and step == propagation_steps
+            op = inter_scale_sparse_attention if step == 0 else inner_scale_sparse_attention
+            result = op(qa, ka, v, topk, scale=temperature, top_k=k_eff, return_topk=not final,
+                        return_candidates=k_eff if final else False, query_chunk_size=query_chunk_size,
+                        memory_budget=memory_budget)
+            if final:
+                topk, weights = result.candidate_indices, result.candidate_weights
+            else:
+                topk = result.topk_indices
+            del result
+        if not last:
+            del qa, ka
         _interrupt(progress, levels - level, total)
-        if last:
-            break
-    q, k = target[0], exemplar[0]
-    hq, wq = q.shape[-2:]
-    hk, wk = k.shape[-2:]
-    if result is None:     # a single level: the dense result is the final one
-        weights = dense.topk_weights
-    else:
-        w, j = result.candidate_weights.topk(k_eff, dim=-1)
-        topk = result.candidate_indices.gather(-1, j)
-        weights = w
+    if levels == 1:
+        qa, ka = _augment(target[0], exemplar[0], temperature)
+    hq, wq = qa.shape[-2:]
+    hk, wk = ka.shape[-2:]
     weights = weights / weights.sum(-1, keepdim=True).clamp_min(1e-12)
-    # match quality: mean squared descriptor distance of the best candidate
-    qf = q.flatten(2)                                                   # (B, C, N)
-    kf = k.flatten(2)
+    # match quality: mean squared descriptor distance of the best candidate (q = qa[:-1] / 2, k = ka[:-1]),
+    # in chunks of positions so no full-size temporary is made
+    qf, kf = qa[:, :-1].flatten(2), ka[:, :-1].flatten(2)
     best = topk[..., 0]
-    kb_ = kf.gather(2, best.unsqueeze(1).expand(-1, kf.shape[1], -1))
-    dist = ((qf - kb_) ** 2).mean(1).view(b, 1, hq, wq)
+    dist = torch.empty(b, hq * wq, dtype=qa.dtype, device=qa.device)
+    for s0, e0 in chunk_ranges(hq * wq, 1 << 16):
+        kb_ = kf.gather(2, best[:, None, s0:e0].expand(-1, kf.shape[1], -1))
+        dist[:, s0:e0] = ((qf[..., s0:e0] / 2 - kb_) ** 2).mean(1)
+    dist = dist.view(b, 1, hq, wq)
     quality = torch.exp(-dist / confidence_scale)
     cycle_up = F.interpolate(cycle, size=(hq, wq), mode="bilinear", align_corners=False)
     confidence = (quality * cycle_up).clamp(0, 1).to(weights.dtype)

@@ -18,7 +18,7 @@ inner-scale op materialises ``B * N * C * 5K`` twice (gathered keys and a broadc
 from __future__ import annotations
 
 import math
-from typing import Callable, NamedTuple, Optional, Tuple
+from typing import Callable, NamedTuple, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -168,7 +168,8 @@ def sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, candidat
                      num_candidates: int, group: int = 1, scale: Optional[float] = None,
                      gate_scale: float = 1.0, top_k: int = 0, warp_values: Optional[torch.Tensor] = None,
                      warp_exclude: str = "kept", query_chunk_size: Optional[int] = None,
-                     memory_budget: Optional[int] = None) -> SparseAttentionResult:
+                     memory_budget: Optional[int] = None,
+                     return_candidates: Union[bool, int] = True) -> SparseAttentionResult:
     """Gated attention of groups of queries over a candidate list per group (engine of the sparse ops).
 
     ``group=1``: every query has its own candidates (inner-scale); the queries are the raster positions
@@ -185,6 +186,8 @@ def sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, candidat
         top_k: how many candidates to return for the next step (0: none).
         warp_values, warp_exclude: see :func:`dynast_core.attention.dense.dynamic_attention`.
         query_chunk_size, memory_budget: chunking (the chunk size counts queries, rounded to groups).
+        return_candidates: True: all candidates and their gated weights; an integer ``n``: only the ``n``
+            with the largest gated weight per query (for a compact correspondence); False: none.
 
     Returns:
         :class:`SparseAttentionResult` (per query, raster order of ``q``).
@@ -237,8 +240,13 @@ def sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, candidat
         outs.append(_contract_values(kept, _gather_rows(vf, idx), mode))
         confs.append(kept.sum(-1))
         full_idx = idx.unsqueeze(2).expand(-1, -1, group, -1)
-        cidx.append(full_idx)
-        cw.append(kept)
+        if return_candidates is True:
+            cidx.append(full_idx)
+            cw.append(kept)
+        elif return_candidates:
+            w_best, j = torch.topk(kept, min(int(return_candidates), kept.shape[-1]), dim=-1)
+            cidx.append(full_idx.gather(-1, j))
+            cw.append(w_best)
         if top_k:
             _, best = torch.topk(attn, top_k, dim=-1)
             topks.append(full_idx.gather(-1, best))
@@ -254,7 +262,8 @@ def sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, candidat
         warped = ungrouped(torch.cat(warps, 1)).transpose(1, 2).reshape(b, warp_values.shape[1], hq, wq)
     return SparseAttentionResult(output, confidence,
                                  ungrouped(torch.cat(topks, 1)) if top_k else None,
-                                 ungrouped(torch.cat(cidx, 1)), ungrouped(torch.cat(cw, 1)), warped)
+                                 ungrouped(torch.cat(cidx, 1)) if cidx else None,
+                                 ungrouped(torch.cat(cw, 1)) if cw else None, warped)
 
 
 def _check_inputs(q, k, v, q_gate, k_gate, warp_values, topk, topk_name, topk_rows):
@@ -308,7 +317,8 @@ def inter_scale_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tens
                                  gate_scale: float = 1.0, top_k: Optional[int] = None,
                                  warp_values: Optional[torch.Tensor] = None, warp_exclude: str = "kept",
                                  return_topk: bool = True, query_chunk_size: Optional[int] = None,
-                                 memory_budget: Optional[int] = None) -> SparseAttentionResult:
+                                 memory_budget: Optional[int] = None,
+                                 return_candidates: Union[bool, int] = True) -> SparseAttentionResult:
     """Sparse attention whose candidates are the 2x2 children of the previous scale's top-k.
 
     Equals Huage001/DynaST ``inter_scale_dynamic_sparse_attention`` for even sizes, including its quirks:
@@ -328,6 +338,8 @@ def inter_scale_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tens
         warp_values, warp_exclude: warp branch of the training loss (see ``dynamic_attention``).
         return_topk: False skips the top-k (the last block of the cascade needs none).
         query_chunk_size, memory_budget: chunking of the queries.
+        return_candidates: True (all), an integer n (the n best by gated weight) or False (none): what
+            ``candidate_indices``/``candidate_weights`` hold.
 
     Returns:
         :class:`SparseAttentionResult` with ``M = 4K`` candidates per query.
@@ -360,7 +372,8 @@ def inter_scale_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tens
     r = sparse_attention(q, k, v, fn, q_gate, k_gate, num_candidates=m, group=4, scale=scale,
                          gate_scale=gate_scale, top_k=top_k if return_topk else 0,
                          warp_values=warp_values, warp_exclude=warp_exclude,
-                         query_chunk_size=query_chunk_size, memory_budget=memory_budget)
+                         query_chunk_size=query_chunk_size, memory_budget=memory_budget,
+                         return_candidates=return_candidates)
     if ph or pw:
         r = _crop_result(r, (hq + ph, wq + pw), (hq, wq))
     return r
@@ -387,7 +400,8 @@ def inner_scale_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tens
                                  gate_scale: float = 1.0, top_k: Optional[int] = None,
                                  warp_values: Optional[torch.Tensor] = None, warp_exclude: str = "kept",
                                  return_topk: bool = True, query_chunk_size: Optional[int] = None,
-                                 memory_budget: Optional[int] = None) -> SparseAttentionResult:
+                                 memory_budget: Optional[int] = None,
+                                 return_candidates: Union[bool, int] = True) -> SparseAttentionResult:
     """Sparse attention whose candidates are the query's own top-k and its 4 neighbours' shifted top-k.
 
     Equals Huage001/DynaST ``inner_scale_dynamic_sparse_attention`` (same quirks as the inter-scale op:
@@ -424,4 +438,5 @@ def inner_scale_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tens
     return sparse_attention(q, k, v, fn, q_gate, k_gate, num_candidates=m, group=1, scale=scale,
                             gate_scale=gate_scale, top_k=top_k if return_topk else 0,
                             warp_values=warp_values, warp_exclude=warp_exclude,
-                            query_chunk_size=query_chunk_size, memory_budget=memory_budget)
+                            query_chunk_size=query_chunk_size, memory_budget=memory_budget,
+                            return_candidates=return_candidates)
