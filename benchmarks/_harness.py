@@ -1,13 +1,13 @@
 """Shared benchmark plumbing: run a case in a fresh subprocess and report its time and peak memory.
 
-"peak MB" is the growth of the process's peak resident set over the resident set just before the call
-(inputs made before the call are excluded), so cases do not inherit each other's allocations.
+"peak MB" is the highest resident set seen during the call (sampled every millisecond by a thread) minus
+the resident set just before it: inputs made before the call are excluded, and an earlier, larger peak of
+the process (imports, a warm-up run) does not hide or inflate the call's own.
 """
 from __future__ import annotations
 
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -24,18 +24,40 @@ def rss_bytes() -> int:
 
 def measure(fn):
     """Run ``fn()``; return ``(result, seconds, peak_mb)``."""
+    import threading
     before = rss_bytes()
+    peak = [before]
+    done = threading.Event()
+
+    def sample():
+        while not done.is_set():
+            peak[0] = max(peak[0], rss_bytes())
+            time.sleep(0.001)
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
     t0 = time.perf_counter()
-    result = fn()
-    seconds = time.perf_counter() - t0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    return result, seconds, max(0, peak - before) / 2 ** 20
+    try:
+        result = fn()
+    finally:
+        seconds = time.perf_counter() - t0
+        done.set()
+        thread.join()
+    peak[0] = max(peak[0], rss_bytes())
+    return result, seconds, max(0, peak[0] - before) / 2 ** 20
 
 
-def run_child(script: str, args, threads: int) -> dict:
-    """Run ``script --threads T --child ARGS...`` and parse the JSON it prints last."""
+def run_child(script: str, args, threads: int, exact_memory: bool = False) -> dict:
+    """Run ``script --threads T --child ARGS...`` and parse the JSON it prints last.
+
+    ``exact_memory``: allocations above 64 KiB get their own mappings, returned to the system on free, so
+    the resident set follows live memory instead of the heap's high-water mark (freed inputs would
+    otherwise hide a call's allocations). It slows allocation-heavy code several times: use such a run
+    for memory only, and another for time (see :func:`run_timed_and_measured`).
+    """
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536") if exact_memory else None
     out = subprocess.run([sys.executable, script, "--threads", str(threads), "--child", *map(str, args)],
-                         capture_output=True, text=True)
+                         capture_output=True, text=True, env=env)
     if out.returncode != 0:
         return {"error": (out.stderr.strip().splitlines() or ["?"])[-1]}
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -44,3 +66,14 @@ def run_child(script: str, args, threads: int) -> dict:
 def set_threads(threads: int) -> None:
     import torch
     torch.set_num_threads(threads)
+
+
+def run_timed_and_measured(script: str, args, threads: int) -> dict:
+    """Two child runs: time from a normal one, peak memory from an ``exact_memory`` one."""
+    timed = run_child(script, args, threads)
+    if "error" in timed:
+        return timed
+    mem = run_child(script, args, threads, exact_memory=True)
+    if "error" not in mem:
+        timed["peak_mb"] = mem["peak_mb"]
+    return timed

@@ -6,8 +6,8 @@ correlation matrix as CoCosNet and the official DynaST do, its source positions 
 and (b) the parameter-free DynaST cascade at full resolution (4 MiB attention chunks), and at half
 resolution ("cascade_half", grid_scale 0.5; the equal-memory point at small sizes). Reported: mean
 end-point error (px, positions whose true source lies inside the exemplar), PSNR of the warped exemplar
-against the target (8 px border excluded), time and peak memory (after a small warm-up run, so one-time library loading is not counted), at 256,
-512 and 1024.
+against the target (8 px border excluded), time and peak memory (after a small warm-up run, so one-time library loading is not counted; memory from a
+separate run with exact accounting, see benchmarks/_harness.py), at 256, 512 and 1024.
 
 Style transfer: time and peak memory at 512 and 1024; on the 5 x 5 content/style pairs of
 ../shared/data/stya2k_samples (at 256): a colour-statistics distance to the style (sum over RGB of |mean
@@ -25,7 +25,7 @@ import math
 import os
 import sys
 
-from _harness import ROOT, measure, run_child, set_threads
+from _harness import ROOT, measure, run_child, run_timed_and_measured, set_threads
 
 SAMPLES = os.path.join(os.path.dirname(ROOT), "shared", "data", "stya2k_samples")
 
@@ -147,7 +147,7 @@ def main(argv=None) -> int:
     for size in a.sizes:
         for warp in ("affine", "tps"):
             for method in ("dense_1/8", "cascade_half", "cascade"):
-                r = run_child(__file__, [method, warp, size], a.threads)
+                r = run_timed_and_measured(__file__, [method, warp, size], a.threads)
                 if "error" in r:
                     print(f"{size:>5} {warp:>6} | {method:>12} failed: {r['error']}")
                     continue
@@ -156,7 +156,7 @@ def main(argv=None) -> int:
     print("\nStyle transfer time (procedural content/style)")
     print(f"{'size':>5} | {'s':>7} {'peak MB':>8}")
     for size in (512, 1024):
-        r = run_child(__file__, ["style", size], a.threads)
+        r = run_timed_and_measured(__file__, ["style", size], a.threads)
         print(f"{size:>5} | " + (f"failed: {r['error']}" if "error" in r else
                                  f"{r['seconds']:7.2f} {r['peak_mb']:8.0f}"), flush=True)
     print("\nStyle transfer quality on the 5 x 5 sample pairs (256 px)")
