@@ -110,13 +110,14 @@ def channel_descriptors(a: torch.Tensor, b: torch.Tensor, sizes_a, sizes_b,
     if a.dim() != 4 or b.dim() != 4 or a.shape[1] != b.shape[1]:
         raise ValueError(f"the two maps must be (B, C, H, W) with the same C, got {tuple(a.shape)} and "
                          f"{tuple(b.shape)}")
-    both = torch.cat([a.flatten(2), b.flatten(2)], 2).float()
-    mean = both.mean(2).view(-1, a.shape[1], 1, 1)
-    std = both.std(2).clamp_min(1e-4).view(-1, a.shape[1], 1, 1)
+    # per-channel statistics pooled over both maps and all batch items (batches may differ: 1 vs B)
+    both = torch.cat([a.transpose(0, 1).flatten(1), b.transpose(0, 1).flatten(1)], 1).float()
+    mean = both.mean(1).view(1, -1, 1, 1)
+    std = both.std(1).clamp_min(1e-4).view(1, -1, 1, 1)
     scale = 1.0 / math.sqrt(a.shape[1])
 
     def build(x, sizes):
-        x = ((x.float() - mean[: x.shape[0]]) / std[: x.shape[0]]).to(x.dtype)
+        x = ((x.float() - mean) / std).to(x.dtype)
         res = []
         for size in sizes:
             y = _resize(x, size)
