@@ -133,3 +133,25 @@ def test_errors_say_what_is_wrong():
         dynamic_attention(t["q"][0], t["k"], t["v"])
     with pytest.raises(ValueError, match="key grid"):
         dynamic_attention(t["q"], t["k"], t["v"][..., :2])
+
+
+def test_cancel_check_stops_a_run_between_chunks():
+    from dynast_core.attention._common import set_cancel_check
+
+    class Cancelled(BaseException):
+        pass
+    calls = []
+
+    def check():
+        calls.append(1)
+        if len(calls) == 3:
+            raise Cancelled()
+    set_cancel_check(check)
+    try:
+        with pytest.raises(Cancelled):
+            dynamic_attention(torch.randn(1, 4, 8, 8), torch.randn(1, 4, 8, 8), torch.randn(1, 2, 8, 8),
+                              query_chunk_size=8)
+    finally:
+        set_cancel_check(None)
+    assert len(calls) == 3
+    dynamic_attention(torch.randn(1, 4, 8, 8), torch.randn(1, 4, 8, 8), torch.randn(1, 2, 8, 8))

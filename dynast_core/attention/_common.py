@@ -7,7 +7,7 @@ derived from a memory budget in bytes (``memory_budget``) and the operator's per
 from __future__ import annotations
 
 import math
-from typing import Iterator, Optional, Sequence, Tuple
+from typing import Callable, Iterator, Optional, Sequence, Tuple
 
 import torch
 
@@ -69,9 +69,27 @@ def resolve_chunk_size(num_queries: int, bytes_per_query: float,
     return max(1, min(size, max(num_queries, 1)))
 
 
+#: callables run before every chunk of every attention op (see :func:`set_cancel_check`)
+_CANCEL_CHECKS = []
+
+
+def set_cancel_check(fn: Optional[Callable[[], None]]) -> None:
+    """Install ``fn`` to be called before every chunk of every attention op (None removes it).
+
+    A host application (the ComfyUI nodes) raises its own cancel exception from ``fn``, so a long run stops
+    within one chunk of the user's request; the library itself never cancels.
+    """
+    _CANCEL_CHECKS.clear()
+    if fn is not None:
+        _CANCEL_CHECKS.append(fn)
+
+
 def chunk_ranges(total: int, chunk: int) -> Iterator[Tuple[int, int]]:
-    """Yield ``(start, end)`` ranges that cover ``range(total)`` in steps of ``chunk``."""
+    """Yield ``(start, end)`` ranges that cover ``range(total)`` in steps of ``chunk`` (running the cancel
+    check, if one is installed, before each)."""
     for start in range(0, total, chunk):
+        for check in _CANCEL_CHECKS:
+            check()
         yield start, min(start + chunk, total)
 
 

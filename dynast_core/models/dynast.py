@@ -219,13 +219,17 @@ class DynaSTGenerator(nn.Module):
     # ------------------------------------------------------------------ match / decode
     def match(self, label: torch.Tensor, exemplar: torch.Tensor, exemplar_label: torch.Tensor, *,
               warp_exemplar: bool = False, warp_exclude: str = "kept", query_chunk_size: Optional[int] = None,
-              progress=None) -> DynaSTMatch:
+              top_k: Optional[int] = None, progress=None) -> DynaSTMatch:
         """Encoders and transformer blocks of every scale: the correspondence part of the network.
 
         ``warp_exemplar`` also computes the warp branch of the training loss (the exemplar, average-pooled
-        to each scale, warped by each block's attention); ``progress(step, 4)`` is called per scale.
+        to each scale, warped by each block's attention); ``top_k`` overrides the configured number of
+        candidates carried between scales; ``progress(step, 4)`` is called per scale.
         """
         cfg = self.config
+        k_carry = cfg.top_k if top_k is None else int(top_k)
+        if k_carry < 1:
+            raise ValueError(f"top_k must be at least 1, got {top_k}")
         label, exemplar, exemplar_label, size = self.prepare(label, exemplar, exemplar_label)
         ref = torch.cat([exemplar, exemplar_label], 1)
         q_prev = dict(zip((4, 3, 2, 1), self.encoder_q(label)))
@@ -248,7 +252,7 @@ class DynaSTGenerator(nn.Module):
             for i, block in enumerate(blocks):
                 last = i == len(blocks) - 1
                 if s == 4:
-                    out = block(x, kv, kv, pos, label, top_k=cfg.top_k if last else 0, warp_values=wv,
+                    out = block(x, kv, kv, pos, label, top_k=k_carry if last else 0, warp_values=wv,
                                 warp_exclude=warp_exclude, query_chunk_size=query_chunk_size)
                 else:
                     out = block(x, kv, kv, pos, label, topk, need_topk=not (s == 1 and last), warp_values=wv,
