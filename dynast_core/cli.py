@@ -106,8 +106,8 @@ def _run_demo(args) -> int:
     from .demo import run_demo
     paths = run_demo(args.output, size=args.size, seed=args.seed)
     for name, path in paths.items():
-        print(f"  {name:<16} {path}")
-    print(f"Contact sheet: {paths['contact_sheet']}")
+        print(f"  {name:<16} {path.resolve()}")
+    print(f"Contact sheet: {paths['contact_sheet'].resolve()}")
     return 0
 
 
