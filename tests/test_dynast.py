@@ -145,3 +145,14 @@ def test_cli_generate_from_pose_json(tmp_path):
     assert rc == 0 and Image.open(tmp_path / "out.png").size == (48, 64)
     assert main(["generate", "--model", str(tmp_path / "g.pth"), "--exemplar", str(tmp_path / "ex.png"),
                  "-o", str(tmp_path / "x.png")]) == 1
+
+
+def test_bfloat16_runs_and_stays_close():
+    model = load_dynast(_official_like().state_dict())
+    lab, ex, exl = _inputs()
+    with torch.no_grad():
+        ref = model(lab, ex, exl).image
+        low = load_dynast(_official_like().state_dict(), dtype=torch.bfloat16)(
+            lab.bfloat16(), ex.bfloat16(), exl.bfloat16()).image
+    assert low.dtype == torch.bfloat16 and low.shape == ref.shape
+    assert (low.float() - ref).abs().mean() < 0.1
