@@ -1,6 +1,6 @@
 """Command line: ``python -m dynast_core <command>`` (or the ``dynast`` console script).
 
-Commands: demo, stylize, match, generate, convert. ``<command> --help`` describes each.
+Commands: demo, stylize, match, generate, convert, train. ``<command> --help`` describes each.
 """
 from __future__ import annotations
 
@@ -193,7 +193,13 @@ def _run_generate(args) -> int:
     return 0
 
 
-REGISTRY = [_add_demo_command, _add_generate_command, _add_stylize_command, _add_match_command, _add_convert_command]
+def _add_train_command(sub) -> None:
+    from .training.cli import add_train_command
+    add_train_command(sub)
+
+
+REGISTRY = [_add_demo_command, _add_generate_command, _add_stylize_command, _add_match_command, _add_convert_command,
+            _add_train_command]
 
 
 def build_parser() -> argparse.ArgumentParser:
