@@ -77,3 +77,14 @@ def run_timed_and_measured(script: str, args, threads: int) -> dict:
     if "error" not in mem:
         timed["peak_mb"] = mem["peak_mb"]
     return timed
+
+
+def print_size_table(script: str, sizes, threads: int, official: dict, official_missing: str) -> None:
+    """Run ``script --child SIZE`` for each size and print ours beside the official figures."""
+    print(f"{'size':>6} | {'ours s':>8} {'ours MB':>9} | {'official s':>10} {'official MB':>11}")
+    for size in sizes:
+        r = run_child(script, [size], threads)
+        o = official.get(size)
+        ours = "failed: " + r["error"] if "error" in r else f"{r['seconds']:8.1f} {r['peak_mb']:9.0f}"
+        off = f"{o[0]:10.1f} {o[1]:11.0f}" if o else f"{official_missing:>10} {'':>11}"
+        print(f"{size:>6} | {ours} | {off}", flush=True)

@@ -11,7 +11,7 @@ import argparse
 import json
 import sys
 
-from _harness import measure, run_child, set_threads
+from _harness import measure, print_size_table, set_threads
 
 OFFICIAL = {256: (8.0, 2.4 * 1024)}
 
@@ -38,13 +38,7 @@ def main(argv=None) -> int:
     if a.child:
         print(json.dumps(child(int(a.child[0]), a.threads)))
         return 0
-    print(f"{'size':>6} | {'ours s':>8} {'ours MB':>9} | {'official s':>10} {'official MB':>11}")
-    for size in a.sizes:
-        r = run_child(__file__, [size], a.threads)
-        o = OFFICIAL.get(size)
-        ours = "failed: " + r["error"] if "error" in r else f"{r['seconds']:8.1f} {r['peak_mb']:9.0f}"
-        off = f"{o[0]:10.1f} {o[1]:11.0f}" if o else f"{'fails':>10} {'':>11}"
-        print(f"{size:>6} | {ours} | {off}", flush=True)
+    print_size_table(__file__, a.sizes, a.threads, OFFICIAL, "fails")
     return 0
 
 

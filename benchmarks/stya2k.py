@@ -13,7 +13,7 @@ import argparse
 import json
 import sys
 
-from _harness import measure, run_child, set_threads
+from _harness import measure, print_size_table, set_threads
 
 OFFICIAL = {512: (5.0, 1.6 * 1024), 1024: (32.0, 8.9 * 1024)}
 
@@ -39,13 +39,7 @@ def main(argv=None) -> int:
     if a.child:
         print(json.dumps(child(int(a.child[0]), a.threads)))
         return 0
-    print(f"{'size':>6} | {'ours s':>8} {'ours MB':>9} | {'official s':>10} {'official MB':>11}")
-    for size in a.sizes:
-        r = run_child(__file__, [size], a.threads)
-        o = OFFICIAL.get(size)
-        ours = "failed: " + r["error"] if "error" in r else f"{r['seconds']:8.1f} {r['peak_mb']:9.0f}"
-        off = f"{o[0]:10.1f} {o[1]:11.0f}" if o else f"{'not run':>10} {'':>11}"
-        print(f"{size:>6} | {ours} | {off}", flush=True)
+    print_size_table(__file__, a.sizes, a.threads, OFFICIAL, "not run")
     return 0
 
 

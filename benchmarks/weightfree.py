@@ -25,7 +25,7 @@ import math
 import os
 import sys
 
-from _harness import ROOT, measure, run_child, run_timed_and_measured, set_threads
+from _harness import ROOT, measure, run_timed_and_measured, set_threads
 
 SAMPLES = os.path.join(os.path.dirname(ROOT), "shared", "data", "stya2k_samples")
 

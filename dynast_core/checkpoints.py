@@ -168,6 +168,16 @@ def fold_spectral_norm(state_dict: Mapping[str, torch.Tensor]) -> StateDict:
     return out
 
 
+def check_shapes(want: Mapping[str, torch.Tensor], state_dict: Mapping[str, torch.Tensor], source: str,
+                 expects: str = "the model expects") -> None:
+    """Raise :class:`CheckpointError` naming the first key whose shape differs (keys absent from
+    ``state_dict`` are the caller's business)."""
+    for key, value in want.items():
+        if key in state_dict and tuple(state_dict[key].shape) != tuple(value.shape):
+            raise CheckpointError(f"{source}: key {key} has shape {tuple(state_dict[key].shape)}, {expects} "
+                                  f"{tuple(value.shape)}")
+
+
 def describe_state_dict(state_dict: Mapping[str, torch.Tensor]) -> str:
     """One phrase that says what a state dict looks like, for error messages.
 

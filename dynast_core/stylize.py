@@ -5,7 +5,7 @@ clamped to ``[0, 1]``. For the weight-free path (no checkpoint) see :mod:`dynast
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence, Union
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F

@@ -38,7 +38,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..checkpoints import (CheckpointError, describe_state_dict, fold_spectral_norm, read_state_dict,
-                           save_safetensors, strip_prefix)
+                           save_safetensors, strip_prefix, check_shapes)
 from ..correspondence import Correspondence
 from .blocks import DenseTransformerBlock, FeatureGenerator, SPADEResnetBlock, SparseTransformerBlock
 
@@ -334,10 +334,7 @@ def load_dynast(path_or_state_dict: Union[str, os.PathLike, Mapping[str, torch.T
     if missing or unexpected:
         raise CheckpointError(f"{source} does not match the DynaST generator ({len(missing)} keys missing, e.g. "
                               f"{missing[:2]}; {len(unexpected)} unexpected, e.g. {unexpected[:2]})")
-    for k, v in want.items():
-        if tuple(sd[k].shape) != tuple(v.shape):
-            raise CheckpointError(f"{source}: key {k} has shape {tuple(sd[k].shape)}, the model expects "
-                                  f"{tuple(v.shape)}")
+    check_shapes(want, sd, source)
     model.load_state_dict(sd, strict=True)
     return model.eval().to(device=device or "cpu")
 

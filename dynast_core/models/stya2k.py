@@ -28,8 +28,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..attention.all_to_key import all_to_key_attention
-from ..checkpoints import (CheckpointError, describe_state_dict, read_state_dict, save_safetensors)
+from ..attention.all_to_key import all_to_key_attention, pad_to_multiple
+from ..checkpoints import (CheckpointError, check_shapes, describe_state_dict, read_state_dict,
+                           save_safetensors)
 
 __all__ = [
     "mean_variance_norm", "VGGEncoder", "A2K", "Transform", "Decoder", "StyA2K", "StyA2KConfig",
@@ -231,12 +232,7 @@ class StyA2K(nn.Module):
     @staticmethod
     def pad_input(x: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, int]]:
         """Reflection-pad ``(B, 3, H, W)`` to multiples of 16 (replicate where too small to reflect)."""
-        h, w = x.shape[-2:]
-        ph, pw = (-h) % PAD_MULTIPLE, (-w) % PAD_MULTIPLE
-        if ph or pw:
-            mode = "reflect" if (ph < h and pw < w) else "replicate"
-            x = F.pad(x, (0, pw, 0, ph), mode=mode)
-        return x, (h, w)
+        return pad_to_multiple(x, PAD_MULTIPLE)
 
     def check_inputs(self, content: torch.Tensor, style: torch.Tensor) -> None:
         for name, t in (("content", content), ("style", style)):
@@ -288,10 +284,7 @@ def _load_slot(module: nn.Module, sd: Mapping[str, torch.Tensor], slot: str, sou
             f"{describe_state_dict(sd)}; {len(missing)} expected keys are missing"
             + (f" (e.g. {missing[0]})" if missing else "")
             + (f", {len(unexpected)} keys are unexpected (e.g. {unexpected[0]})" if unexpected else ""))
-    for k, v in want.items():
-        if tuple(sd[k].shape) != tuple(v.shape):
-            raise CheckpointError(f"{source}, slot '{slot}': key {k} has shape {tuple(sd[k].shape)}, the model "
-                                  f"expects {tuple(v.shape)}")
+    check_shapes(want, sd, f"{source}, slot '{slot}'")
     module.load_state_dict({k: sd[k] for k in want}, strict=True)
 
 

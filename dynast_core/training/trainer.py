@@ -44,7 +44,7 @@ import torch.distributed as dist
 import torch.nn as nn
 from torch.utils.data import DataLoader
 
-from ..checkpoints import CheckpointError, read_state_dict, save_safetensors
+from ..checkpoints import CheckpointError, check_shapes, read_state_dict, save_safetensors
 from ..models.dynast import DynaSTConfig, DynaSTGenerator, save_dynast_safetensors
 from ..models.stya2k import REGIONS, StyA2K, save_stya2k_safetensors
 from .data import ResumableSampler
@@ -450,10 +450,7 @@ class DynaSTTrainer(_Trainer):
         if missing:
             raise CheckpointError(f"{src}: not a generator for this config ({len(missing)} keys missing, e.g. "
                                   f"{missing[:2]})")
-        for k, v in want.items():
-            if tuple(sd[k].shape) != tuple(v.shape):
-                raise CheckpointError(f"{src}: key {k} has shape {tuple(sd[k].shape)}, the config expects "
-                                      f"{tuple(v.shape)}")
+        check_shapes(want, sd, str(src), "the config expects")
         gen.load_state_dict({k: sd[k] for k in want})
 
     def weight_modules(self):
