@@ -329,7 +329,7 @@ def _fold_patches(values: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
 def stylize_weight_free(content: torch.Tensor, style: torch.Tensor, *, strength: float = 1.0,
                         preserve_color: bool = False, mask: Optional[torch.Tensor] = None,
                         size: Optional[int] = None, levels: int = 3, region: int = 4, detail: float = 0.85,
-                        temperature: float = 0.1, max_style_regions: int = 4096,
+                        temperature: float = 0.1, max_style_regions: int = 4096, grid_offsets: bool = True,
                         query_chunk_size: Optional[int] = None, progress: Progress = None) -> torch.Tensor:
     """Stylise ``content`` with ``style`` using parameter-free all-to-key attention over style patches.
 
@@ -345,6 +345,8 @@ def stylize_weight_free(content: torch.Tensor, style: torch.Tensor, *, strength:
         temperature: softmax temperature of the negative squared distances.
         max_style_regions: the style is downscaled at a level where it would have more regions (bounds the
             quadratic part of the attention; keeps 1024 inputs at interactive speed).
+        grid_offsets: average the attention over two content region grids offset by half a region (hides
+            the block seams of progressive attention) at all but the finest level; about 1.3x the time.
         progress: ``progress(step, total)`` after every level.
 
     Returns:
@@ -381,9 +383,18 @@ def stylize_weight_free(content: torch.Tensor, style: torch.Tensor, *, strength:
             k = torch.cat([s_lab, _structure(s_lab[:, :1])], 1)
             qa, ka = _augment(q, k, temperature)
             values = F.unfold(F.pad(s_rgb, (1, 1, 1, 1), mode="replicate"), 3).view(-1, 27, sh, sw)
-            r = all_to_key_attention(qa / temperature, ka, values, region=region, heads=1,
-                                     query_chunk_size=query_chunk_size)
-            mixed = (1 - detail) * r.distributed + detail * r.progressive
+            mixed = 0
+            # progressive attention picks one style region per content region; averaging two region grids
+            # offset by half a region hides the block seams that one grid leaves in flat areas
+            # (not at the finest level: its blocks are a few pixels, and it costs three quarters of the time)
+            finest = i == len(c_sizes) - 1
+            offsets = (0, region // 2) if grid_offsets and region > 1 and not finest else (0,)
+            for off in offsets:
+                qo = F.pad(qa, (off, 0, off, 0), mode="replicate") if off else qa
+                r = all_to_key_attention(qo / temperature, ka, values, region=region, heads=1,
+                                         query_chunk_size=query_chunk_size)
+                part = (1 - detail) * r.distributed + detail * r.progressive
+                mixed = mixed + part[..., off:, off:] / len(offsets)
             estimate = _fold_patches(mixed, (lh, lw)).clamp(0, 1)
             _interrupt(progress, i + 1, len(c_sizes))
         # final colour statistics of the style (per-channel Lab mean/std, as AdaIN does for features)
