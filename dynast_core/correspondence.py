@@ -132,6 +132,30 @@ class Correspondence:
         return Correspondence(self.indices[s], self.weights[s], self.query_size, self.key_size,
                               self.confidence[s])
 
+    def crop(self, query_size, key_size) -> "Correspondence":
+        """Undo bottom/right reflection padding: keep the top-left ``query_size`` queries, and map candidates
+        that fall in the exemplar's padded border back to the positions they mirror (``F.pad`` reflect:
+        padded row ``h + j`` is row ``h - 2 - j``).
+
+        Args:
+            query_size: ``(h, w)`` at most the query grid; key_size: ``(hk, wk)`` at most the key grid.
+        """
+        hq, wq = _size(query_size, "query_size")
+        hk, wk = _size(key_size, "key_size")
+        HQ, WQ = self.query_size
+        HK, WK = self.key_size
+        if hq > HQ or wq > WQ or hk > HK or wk > WK:
+            raise ValueError(f"crop sizes {(hq, wq)}/{(hk, wk)} exceed the grids {self.query_size}/{self.key_size}")
+        b, _, k = self.indices.shape
+        rows = lambda x: x.reshape(b, HQ, WQ, -1)[:, :hq, :wq].reshape(b, hq * wq, x.shape[-1])  # noqa: E731
+        idx = rows(self.indices)
+        y = torch.div(idx, WK, rounding_mode="floor")
+        x = idx % WK
+        y = torch.where(y >= hk, 2 * hk - 2 - y, y).clamp(0, hk - 1)
+        x = torch.where(x >= wk, 2 * wk - 2 - x, x).clamp(0, wk - 1)
+        return Correspondence(y * wk + x, rows(self.weights), (hq, wq), (hk, wk),
+                              self.confidence[..., :hq, :wq])
+
     @staticmethod
     def cat(items) -> "Correspondence":
         """Concatenate along the batch (same grids; candidate counts may differ: padded with weight 0)."""

@@ -55,8 +55,7 @@ def run_match(exemplar, model=None, target_label=None, target_pose=None, target_
     label = _target_label(target_label, target_pose, size)
     if label is not None:
         size = tuple(label.shape[-2:])
-    batch = max(x.shape[0] for x in (ex_img, label, tgt_img) if x is not None)
-    progress = bridge.Progress(4 * batch if model is not None else 8, "match")
+    progress = bridge.Progress(4, "match")          # one tick per scale (the batch runs together)
     with torch.inference_mode():
         if model is not None:
             if ex_label is None or label is None:

@@ -130,3 +130,25 @@ def test_validation_messages():
     c = shift_corr(2, 2, 0, 0)
     with pytest.raises(ValueError, match=r"\(B, C, H, W\)"):
         c.warp(torch.rand(3, 4, 4))
+
+
+
+def test_crop_undoes_reflection_padding():
+    import torch.nn.functional as F
+    h, w = 5, 7
+    img = torch.rand(1, 3, h, w)
+    padded = F.pad(img, (0, 1, 0, 3), mode="reflect")                 # 8 x 8 grid
+    hp, wp = padded.shape[-2:]
+    # identity on the padded grid: every padded position takes itself
+    idx = torch.arange(hp * wp).view(1, -1, 1)
+    corr = Correspondence(idx, torch.ones(1, hp * wp, 1), (hp, wp), (hp, wp))
+    assert torch.allclose(corr.warp(padded), padded)
+    cropped = corr.crop((h, w), (h, w))
+    assert cropped.query_size == (h, w) and cropped.key_size == (h, w)
+    assert torch.allclose(cropped.warp(img), img)
+    # a query pointing into the padded border maps to the mirrored exemplar position
+    idx2 = torch.full((1, hp * wp, 1), (h + 1) * wp + (w - 1))      # row h+1 -> row h-3, col w-1 stays
+    c2 = Correspondence(idx2, torch.ones(1, hp * wp, 1), (hp, wp), (hp, wp)).crop((h, w), (h, w))
+    assert int(c2.indices[0, 0, 0]) == (h - 3) * w + (w - 1)
+    with pytest.raises(ValueError, match="exceed"):
+        corr.crop((9, 9), (h, w))

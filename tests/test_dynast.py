@@ -85,7 +85,8 @@ def test_any_size_batch_and_exemplar_broadcast():
     assert out.image.shape == (2, 3, 44, 70)
     torch.testing.assert_close(out.image[1:], single.image, atol=1e-5, rtol=0)
     corr = out.correspondence
-    assert corr.query_size == (48, 72) and corr.batch_size == 2          # padded to a multiple of 8
+    assert corr.query_size == (44, 70) and corr.key_size == (44, 70) and corr.batch_size == 2  # padding undone
+    assert out.match.correspondences[4].query_size == (6, 9)
     assert set(out.confidence) == {1, 2, 3, 4}
     assert out.confidence[4].shape == (2, 1, 6, 9)
 

@@ -110,8 +110,8 @@ class DynaSTMatch:
     """What :meth:`DynaSTGenerator.match` computed: everything :meth:`DynaSTGenerator.decode` needs.
 
     ``features[s]``: the transformer output at scale ``s`` (4 = 1/8 ... 1 = full), on the padded grid;
-    ``correspondences[s]``: :class:`Correspondence` of the last block of each scale (on the grid of the
-    input padded to a multiple of 8); ``confidence[s]``: ``(B, 1, h, w)``; ``label``: the padded target label;
+    ``correspondences[s]``: :class:`Correspondence` of the last block of each scale, cropped to the unpadded
+    input (candidates in the exemplar's padded border mapped back to the positions they mirror); ``confidence[s]``: ``(B, 1, h, w)``; ``label``: the padded target label;
     ``size``: the unpadded ``(H, W)``; ``warped``: per-block warped exemplars (training only).
     """
 
@@ -263,7 +263,9 @@ class DynaSTGenerator(nn.Module):
                 if out.warped is not None:
                     warped.append(out.warped)
             grid = tuple(x.shape[-2:])
-            corrs[s] = Correspondence(out.candidates, out.weights, grid, grid, out.confidence)
+            corr = Correspondence(out.candidates, out.weights, grid, grid, out.confidence)
+            unpadded = (-(-size[0] // 2 ** (s - 1)), -(-size[1] // 2 ** (s - 1)))
+            corrs[s] = corr.crop(unpadded, unpadded) if unpadded != grid else corr
             confs[s] = out.confidence
             features[s] = x
             if progress is not None:
