@@ -88,3 +88,20 @@ def print_size_table(script: str, sizes, threads: int, official: dict, official_
         ours = "failed: " + r["error"] if "error" in r else f"{r['seconds']:8.1f} {r['peak_mb']:9.0f}"
         off = f"{o[0]:10.1f} {o[1]:11.0f}" if o else f"{official_missing:>10} {'':>11}"
         print(f"{size:>6} | {ours} | {off}", flush=True)
+
+
+def size_benchmark_main(doc: str, script: str, child, default_sizes, official: dict, official_missing: str,
+                        argv=None) -> int:
+    """The command line shared by the per-size model benchmarks: ``--sizes``, ``--threads``; each size runs
+    ``child(size, threads) -> {"seconds", "peak_mb"}`` in its own process."""
+    import argparse
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sizes", type=int, nargs="+", default=list(default_sizes))
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--child", nargs=1, help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    if a.child:
+        print(json.dumps(child(int(a.child[0]), a.threads)))
+        return 0
+    print_size_table(script, a.sizes, a.threads, official, official_missing)
+    return 0

@@ -7,11 +7,9 @@ cost does not depend on their values). Each size runs in its own subprocess.
 """
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 
-from _harness import measure, print_size_table, set_threads
+from _harness import measure, set_threads, size_benchmark_main
 
 OFFICIAL = {256: (8.0, 2.4 * 1024)}
 
@@ -30,16 +28,7 @@ def child(size: int, threads: int) -> dict:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--sizes", type=int, nargs="+", default=[256, 512, 1024])
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--child", nargs=1, help=argparse.SUPPRESS)
-    a = p.parse_args(argv)
-    if a.child:
-        print(json.dumps(child(int(a.child[0]), a.threads)))
-        return 0
-    print_size_table(__file__, a.sizes, a.threads, OFFICIAL, "fails")
-    return 0
+    return size_benchmark_main(__doc__, __file__, child, (256, 512, 1024), OFFICIAL, "fails", argv)
 
 
 if __name__ == "__main__":

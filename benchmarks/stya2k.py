@@ -9,11 +9,9 @@ their values). Each size runs in its own subprocess.
 """
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 
-from _harness import measure, print_size_table, set_threads
+from _harness import measure, set_threads, size_benchmark_main
 
 OFFICIAL = {512: (5.0, 1.6 * 1024), 1024: (32.0, 8.9 * 1024)}
 
@@ -31,16 +29,7 @@ def child(size: int, threads: int) -> dict:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--sizes", type=int, nargs="+", default=[512, 1024, 2048])
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--child", nargs=1, help=argparse.SUPPRESS)
-    a = p.parse_args(argv)
-    if a.child:
-        print(json.dumps(child(int(a.child[0]), a.threads)))
-        return 0
-    print_size_table(__file__, a.sizes, a.threads, OFFICIAL, "not run")
-    return 0
+    return size_benchmark_main(__doc__, __file__, child, (512, 1024, 2048), OFFICIAL, "not run", argv)
 
 
 if __name__ == "__main__":
