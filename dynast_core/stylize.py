@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from .models.stya2k import MIN_SIDE, StyA2K
 
-__all__ = ["stylize", "stylize_multi", "resize_longer_side", "preserve_content_color", "prepare_mask",
+__all__ = ["stylize", "stylize_multi", "resize_longer_side", "match_shorter_side", "preserve_content_color", "prepare_mask",
            "blend_with_mask", "match_batches"]
 
 
@@ -29,6 +29,17 @@ def resize_longer_side(img: torch.Tensor, size: Optional[int]) -> torch.Tensor:
     if new == (h, w):
         return img
     return F.interpolate(img, size=new, mode="bicubic", align_corners=False, antialias=scale < 1).clamp(0, 1)
+
+
+def match_shorter_side(style: torch.Tensor, size, minimum: int = 4) -> torch.Tensor:
+    """Resize ``style`` (aspect kept) so that its shorter side equals the shorter side of ``size`` (the
+    official test resizes both images' shorter side to the same length); each side at least ``minimum``."""
+    hs, ws = style.shape[-2:]
+    scale = min(size) / min(hs, ws)
+    if abs(scale - 1) <= 1e-3:
+        return style
+    return F.interpolate(style, size=(max(minimum, round(hs * scale)), max(minimum, round(ws * scale))),
+                         mode="bicubic", align_corners=False, antialias=scale < 1).clamp(0, 1)
 
 
 def _at_least(img: torch.Tensor, side: int) -> torch.Tensor:
@@ -148,12 +159,7 @@ def stylize(model: StyA2K, content: torch.Tensor, style: torch.Tensor, *, streng
     if style_size is not None:
         style = resize_longer_side(style, style_size)
     else:
-        h, w = content.shape[-2:]
-        hs, ws = style.shape[-2:]
-        scale = min(h, w) / min(hs, ws)
-        if abs(scale - 1) > 1e-3:
-            style = F.interpolate(style, size=(max(16, round(hs * scale)), max(16, round(ws * scale))),
-                                  mode="bicubic", align_corners=False, antialias=scale < 1).clamp(0, 1)
+        style = match_shorter_side(style, content.shape[-2:], minimum=16)
     if strength == 0:
         out = content
     else:

@@ -44,7 +44,8 @@ from .attention._common import chunk_ranges
 from .attention import (all_to_key_attention, dynamic_attention, inner_scale_sparse_attention,
                         inter_scale_sparse_attention)
 from .correspondence import Correspondence
-from .stylize import blend_with_mask, match_batches, prepare_mask, preserve_content_color, resize_longer_side
+from .stylize import (blend_with_mask, match_batches, match_shorter_side, prepare_mask, preserve_content_color,
+                      resize_longer_side)
 
 __all__ = ["pyramid_sizes", "image_descriptors", "channel_descriptors", "match_descriptors", "match_images",
            "match_layouts", "match_latents", "stylize_weight_free"]
@@ -363,9 +364,7 @@ def stylize_weight_free(content: torch.Tensor, style: torch.Tensor, *, strength:
     out_full = content
     if strength > 0:
         h, w = content.shape[-2:]
-        hs, ws = style.shape[-2:]
-        s_scale = min(h, w) / min(hs, ws)
-        style_full = _resize(style, (max(4, round(hs * s_scale)), max(4, round(ws * s_scale))))
+        style_full = match_shorter_side(style, (h, w))
         c_lab_full, s_lab_full = _lab(content), _lab(style_full)
         c_sizes = pyramid_sizes((h, w), 0, min_levels=levels)[:levels][::-1]
         estimate = None
