@@ -6,7 +6,6 @@ derived from a memory budget in bytes (``memory_budget``) and the operator's per
 """
 from __future__ import annotations
 
-import math
 from typing import Callable, Iterator, Optional, Sequence, Tuple
 
 import torch
@@ -91,7 +90,3 @@ def chunk_ranges(total: int, chunk: int) -> Iterator[Tuple[int, int]]:
         for check in _CANCEL_CHECKS:
             check()
         yield start, min(start + chunk, total)
-
-
-def num_chunks(total: int, chunk: int) -> int:
-    return max(1, math.ceil(total / max(chunk, 1)))
