@@ -65,7 +65,49 @@ def resolve_chunk_size(num_queries: int, bytes_per_query: float,
     if budget <= 0:
         raise ValueError(f"memory_budget must be a positive number of bytes, got {memory_budget}")
     size = int(budget // max(bytes_per_query, 1.0))
-    return max(1, min(size, max(num_queries, 1)))
+    size = max(1, min(size, max(num_queries, 1)))
+    if _CHUNK_LIMIT:
+        size = max(1, min(size, _CHUNK_LIMIT[-1]))
+    _CHUNK_SEEN[0] = max(_CHUNK_SEEN[0], size)
+    return size
+
+
+#: stack of caps on automatically sized chunks (see :func:`chunk_limit`) and the largest chunk sized so far
+_CHUNK_LIMIT: list = []
+_CHUNK_SEEN = [0]
+
+
+class chunk_limit:
+    """Context manager: automatically sized query chunks (no explicit ``query_chunk_size``) are at most
+    ``limit`` positions inside it; ``None`` leaves them alone. An out-of-memory retry uses it to run again
+    with chunks smaller than the ones that failed (see :func:`largest_chunk`).
+
+    Example:
+        >>> with chunk_limit(64):
+        ...     resolve_chunk_size(10_000, 4.0)
+        64
+    """
+
+    def __init__(self, limit: Optional[int]):
+        self.limit = None if limit is None else max(1, int(limit))
+
+    def __enter__(self):
+        if self.limit is not None:
+            _CHUNK_LIMIT.append(self.limit)
+        return self
+
+    def __exit__(self, *exc):
+        if self.limit is not None:
+            _CHUNK_LIMIT.pop()
+        return False
+
+
+def largest_chunk(reset: bool = False) -> int:
+    """The largest automatically sized chunk since the last reset (0 if none); ``reset=True`` starts over."""
+    value = _CHUNK_SEEN[0]
+    if reset:
+        _CHUNK_SEEN[0] = 0
+    return value
 
 
 #: callables run before every chunk of every attention op (see :func:`set_cancel_check`)
