@@ -49,7 +49,7 @@ import torch.nn.functional as F
 __all__ = [
     "OPENPOSE_KEYPOINT_NAMES", "OPENPOSE_LIMB_SEQ", "OPENPOSE_LIMBS", "OPENPOSE_COLORS",
     "CELEBAHQ_INNER_PARTS", "POSE_LABEL_CHANNELS", "EDGE_LABEL_CHANNELS", "MIN_LABEL_SIZE",
-    "parse_pose_keypoints", "pose_keypoints_to_label", "pose_keypoints_to_label_batch",
+    "parse_pose_keypoints", "pose_keypoints_to_label", "pose_keypoints_to_label_batch", "pose_frames_to_label",
     "render_pose_rgb", "limb_distance_maps", "ellipse2poly", "fill_convex_poly", "fill_circle",
     "l1_distance_transform", "distance_map_uint8", "celebahq_edge_label", "image_to_edge_label",
     "label_preview",
@@ -687,6 +687,35 @@ def pose_keypoints_to_label_batch(poses, height: int, width: int, *, canvas_size
                         for p, s in zip(poses, sizes)])
 
 
+def pose_frames_to_label(pose, height: int = 0, width: int = 0) -> torch.Tensor:
+    """POSE_KEYPOINT frames (one or a list, as the OpenPose/DWPose nodes emit them) -> ``(B, 20, H, W)``.
+
+    ``height``/``width`` 0 take each frame's ``canvas_height``/``canvas_width`` (every frame must then give
+    the same size); keypoints are drawn on their own canvas and resized, as :func:`pose_keypoints_to_label`
+    does.
+
+    Raises:
+        ValueError: no canvas size known and none given, or frames whose canvases give different sizes.
+    """
+    frames = [pose] if isinstance(pose, dict) else (list(pose) if isinstance(pose, (list, tuple)) else [pose])
+    labels = []
+    for i, frame in enumerate(frames):
+        canvas = None
+        if isinstance(frame, dict) and frame.get("canvas_height") and frame.get("canvas_width"):
+            canvas = (int(frame["canvas_height"]), int(frame["canvas_width"]))
+        h = height or (canvas[0] if canvas else 0)
+        w = width or (canvas[1] if canvas else 0)
+        if not h or not w:
+            raise ValueError(f"pose frame {i} carries no canvas size: set the label width and height")
+        if labels and tuple(labels[0].shape[-2:]) != (h, w):
+            raise ValueError(f"pose frame {i} has a {canvas[1]}x{canvas[0]} canvas but frame 0 gave "
+                             f"{labels[0].shape[-1]}x{labels[0].shape[-2]}: set the label width and height so "
+                             "every frame is drawn at one size")
+        kp = parse_pose_keypoints(frame, width=canvas[1] if canvas else w, height=canvas[0] if canvas else h)
+        labels.append(pose_keypoints_to_label(kp[:1], h, w, canvas_size=canvas))
+    return torch.cat(labels, 0)
+
+
 # ------------------------------------------------------------------------------------------------
 # CelebA-HQ edge label
 # ------------------------------------------------------------------------------------------------
@@ -843,14 +872,14 @@ def image_to_edge_label(image: torch.Tensor, *, parts_segmentation=None, low_thr
     k = 2 * int(math.ceil(3 * sigma)) + 1
     _, edges = canny(grey, low_threshold=low_threshold, high_threshold=high_threshold, kernel_size=(k, k),
                      sigma=(sigma, sigma))
-    edges = (edges[:, 0] > 0.5).cpu()
+    edges = edges[:, 0] > 0.5
     if parts_segmentation is not None:
-        lab = celebahq_edge_label(parts_segmentation, edges)
+        lab = celebahq_edge_label(parts_segmentation, edges.cpu())
         return (lab if lab.dim() == 4 else lab.unsqueeze(0)).to(image.device)
-    out = torch.ones(b, EDGE_LABEL_CHANNELS, h, w)
+    out = torch.ones(b, EDGE_LABEL_CHANNELS, h, w, device=image.device)
     out[:, 0] = edges.float()
     out[:, -1] = 0.0
-    return out.to(image.device)
+    return out
 
 
 # ------------------------------------------------------------------------------------------------

@@ -72,7 +72,8 @@ class Correspondence:
                              f"{hq * wq} positions")
         if indices.shape[2] < 1:
             raise ValueError("a correspondence needs at least one candidate per query (K >= 1)")
-        if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= hk * wk):
+        if indices.numel() and indices.device.type != "meta" and (int(indices.min()) < 0
+                                                                  or int(indices.max()) >= hk * wk):
             raise ValueError(f"indices must lie in [0, {hk * wk - 1}] for the {hk}x{wk} exemplar grid, got "
                              f"[{int(indices.min())}, {int(indices.max())}]")
         b = indices.shape[0]
@@ -131,6 +132,13 @@ class Correspondence:
         s = slice(index, index + 1) if index != -1 else slice(index, None)
         return Correspondence(self.indices[s], self.weights[s], self.query_size, self.key_size,
                               self.confidence[s])
+
+    def narrow(self, start: int, end: int) -> "Correspondence":
+        """Batch items ``start:end`` (a window of frames)."""
+        if not 0 <= start < end <= self.batch_size:
+            raise ValueError(f"batch range {start}:{end} is outside 0:{self.batch_size}")
+        return Correspondence(self.indices[start:end], self.weights[start:end], self.query_size, self.key_size,
+                              self.confidence[start:end])
 
     def crop(self, query_size, key_size) -> "Correspondence":
         """Undo bottom/right reflection padding: keep the top-left ``query_size`` queries, and map candidates

@@ -129,7 +129,8 @@ def match_batches(content: torch.Tensor, style: torch.Tensor):
 @torch.no_grad()
 def stylize(model: StyA2K, content: torch.Tensor, style: torch.Tensor, *, strength: float = 1.0,
             preserve_color: bool = False, mask: Optional[torch.Tensor] = None, size: Optional[int] = None,
-            style_size: Optional[int] = None, query_chunk_size: Optional[int] = None) -> torch.Tensor:
+            style_size: Optional[int] = None, query_chunk_size: Optional[int] = None,
+            device=None) -> torch.Tensor:
     """Stylise ``content`` with ``style`` using a loaded StyA2K model.
 
     Args:
@@ -146,6 +147,8 @@ def stylize(model: StyA2K, content: torch.Tensor, style: torch.Tensor, *, streng
         style_size: longer side of the style; default: scaled so its shorter side equals the content's
             shorter side (the official test resizes both images' shorter side to 512).
         query_chunk_size: bounds the attention's working memory.
+        device: where to compute (default: the model's device; the model's small modules may live elsewhere
+            when a memory manager offloads them).
 
     Returns:
         ``(B, 3, H, W)`` in [0, 1].
@@ -154,8 +157,9 @@ def stylize(model: StyA2K, content: torch.Tensor, style: torch.Tensor, *, streng
         raise ValueError(f"strength must be between 0 and 1, got {strength}")
     content, style = match_batches(content, style)
     p = next(model.parameters())
-    content = resize_longer_side(content.to(p.device, p.dtype), size)
-    style = style.to(p.device, p.dtype)
+    dev = p.device if device is None else torch.device(device)
+    content = resize_longer_side(content.to(dev, p.dtype), size)
+    style = style.to(dev, p.dtype)
     if style_size is not None:
         style = resize_longer_side(style, style_size)
     else:

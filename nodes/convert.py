@@ -35,24 +35,28 @@ def image_out(x: torch.Tensor) -> torch.Tensor:
     """``(B, C, H, W)`` -> IMAGE on ComfyUI's intermediate device, clamped to 0..1."""
     if x.shape[1] == 1:
         x = x.expand(-1, 3, -1, -1)
-    return x.detach().float().clamp(0, 1).permute(0, 2, 3, 1).contiguous().to(bridge.intermediate_device())
+    return (x.detach().float().clamp(0, 1).permute(0, 2, 3, 1).contiguous()
+            .to(bridge.intermediate_device(), bridge.intermediate_dtype()))
 
 
-def mask_in(mask: Optional[torch.Tensor], size: Tuple[int, int]) -> Optional[torch.Tensor]:
-    """MASK (``(H, W)`` or ``(B, H, W)``, any size) -> ``(B, 1, H, W)`` at ``size`` (bilinear)."""
+def mask_in(mask: Optional[torch.Tensor], size: Optional[Tuple[int, int]] = None) -> Optional[torch.Tensor]:
+    """MASK (``(H, W)`` or ``(B, H, W)``, any size) -> ``(B, 1, H, W)``, resized to ``size`` (bilinear) if given."""
     if mask is None:
         return None
+    if not isinstance(mask, torch.Tensor):
+        raise ValueError(f"mask must be a ComfyUI MASK (B, H, W), got {type(mask).__name__}")
     m = mask.float()
     if m.dim() == 2:
         m = m[None]
     if m.dim() != 3:
         raise ValueError(f"mask must be a ComfyUI MASK (B, H, W), got {tuple(mask.shape)}")
     m = m[:, None]
-    if tuple(m.shape[-2:]) != tuple(size):
+    if size is not None and tuple(m.shape[-2:]) != tuple(size):
         m = F.interpolate(m, size=tuple(size), mode="bilinear", align_corners=False)
     return m.clamp(0, 1)
 
 
 def mask_out(m: torch.Tensor) -> torch.Tensor:
     """``(B, 1, H, W)`` -> MASK ``(B, H, W)``."""
-    return m.detach().float().clamp(0, 1)[:, 0].contiguous().to(bridge.intermediate_device())
+    return m.detach().float().clamp(0, 1)[:, 0].contiguous().to(bridge.intermediate_device(),
+                                                                bridge.intermediate_dtype())

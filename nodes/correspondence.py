@@ -1,100 +1,33 @@
-"""Match, Warp, Decode, Generate and the correspondence utilities.
+"""Match, Warp, Decode, Generate and the correspondence utilities: each converts ComfyUI tensors, runs one
+:mod:`dynast_core.api` function through :func:`bridge.run` (device, precision, memory, progress, OOM), and
+converts back.
 
-A CORRESPONDENCE travelling between nodes is a dict: ``corr`` (dynast_core Correspondence), ``target_size``
-and ``exemplar_size`` (pixels), ``exemplar`` (the exemplar image, ``(B, 3, H, W)``), and ``match`` (the DynaST
-match state when a model computed it: Decode continues from it instead of running the network again).
+A CORRESPONDENCE travelling between nodes is a :class:`dynast_core.api.MatchResult` (the correspondence, the
+target size, the exemplar, and the DynaST features Decode continues from), held on ComfyUI's intermediate
+device; an EXEMPLAR is a :class:`dynast_core.api.Exemplar`.
 """
 from __future__ import annotations
 
-import dataclasses
-from contextlib import contextmanager
-
-import torch
-import torch.nn.functional as F
-
 from . import bridge, convert
-from .layout import pose_to_label
+from ..dynast_core import api
+from ..dynast_core.masks import confidence_to_mask
 
 CATEGORY = "DynaST"
 CORR_TIP = "where each target position takes its appearance from in the exemplar (with confidence)"
-
-
-@contextmanager
-def on_device(model):
-    """Move a cached model to the compute device for one run, and back to the offload device after."""
-    dev = bridge.torch_device()
-    model.to(dev)
-    try:
-        yield dev
-    finally:
-        model.to(bridge.offload_device())
-
-
-def _target_label(target_label, target_pose, size):
-    if target_label is not None:
-        return target_label.float()
-    if target_pose is not None:
-        return pose_to_label(target_pose, *size)
-    return None
 
 
 def _chunk(value):
     return None if not value else int(value)
 
 
-def run_match(exemplar, model=None, target_label=None, target_pose=None, target_image=None, top_k=4,
-              query_chunk_size=0, grid_scale=1.0):
-    """The Match node's work, reusable by Generate. Returns the CORRESPONDENCE dict."""
-    ex_img, ex_label = exemplar["image"], exemplar["label"]
-    size = tuple(ex_img.shape[-2:])
-    tgt_img = convert.image_in(target_image, "target_image") if target_image is not None else None
-    if tgt_img is not None:
-        size = tuple(tgt_img.shape[-2:])
+def _target_shape(exemplar, target_label, target_pose, target_image):
+    """(work size, frames) of a match, for the memory estimate and the frame window."""
     if target_label is not None:
-        size = tuple(target_label.shape[-2:])
-    label = _target_label(target_label, target_pose, size)
-    if label is not None:
-        size = tuple(label.shape[-2:])
-    progress = bridge.Progress(4, "match")          # one tick per scale (the batch runs together)
-    with torch.inference_mode():
-        if model is not None:
-            if ex_label is None or label is None:
-                raise ValueError("matching with a DynaST model needs layouts: give the Exemplar node a pose/label/"
-                                 "edges layout, and connect target_label or target_pose")
-            nc = model.config.semantic_nc
-            if ex_label.shape[1] != nc or label.shape[1] != nc:
-                raise ValueError(f"this DynaST model takes {nc}-channel labels; the exemplar label has "
-                                 f"{ex_label.shape[1]} and the target label {label.shape[1]} channels")
-            with on_device(model) as dev:
-                p = next(model.parameters())
-
-                def go(chunk):
-                    return model.match(label.to(dev, p.dtype), (ex_img * 2 - 1).to(dev, p.dtype),
-                                       ex_label.to(dev, p.dtype), top_k=top_k, query_chunk_size=chunk,
-                                       progress=progress.callback())
-                m = bridge.with_oom_retry(go, _chunk(query_chunk_size), "DynaST matching")
-            corr = m.correspondence
-        else:
-            m = None
-            kw = dict(top_k=top_k, grid_scale=grid_scale, query_chunk_size=_chunk(query_chunk_size),
-                      progress=progress.callback())
-            from ..dynast_core.weightfree import match_images, match_layouts
-            if label is not None and ex_label is not None:
-                if label.shape[1] != ex_label.shape[1]:
-                    raise ValueError(f"the target label has {label.shape[1]} channels, the exemplar's "
-                                     f"{ex_label.shape[1]}: build both the same way")
-                el = F.interpolate(ex_label.float(), size=ex_img.shape[-2:], mode="nearest")
-                corr = bridge.with_oom_retry(lambda c: match_layouts(label, el, **dict(kw, query_chunk_size=c)),
-                                             kw["query_chunk_size"], "weight-free matching")
-            elif tgt_img is not None:
-                corr = bridge.with_oom_retry(lambda c: match_images(tgt_img, ex_img, **dict(kw, query_chunk_size=c)),
-                                             kw["query_chunk_size"], "weight-free matching")
-            else:
-                raise ValueError("nothing to match against: connect target_image (image matching), or target_label/"
-                                 "target_pose with an Exemplar that has a layout")
-    progress.close()
-    return {"corr": corr.to("cpu"), "target_size": size, "exemplar_size": tuple(ex_img.shape[-2:]),
-            "exemplar": ex_img, "match": m}
+        return tuple(target_label.shape[-2:]), target_label.shape[0]
+    if target_image is not None:
+        return tuple(target_image.shape[-2:]), target_image.shape[0]
+    frames = len(target_pose) if isinstance(target_pose, (list, tuple)) else 1
+    return exemplar.size, max(frames, exemplar.batch_size)
 
 
 class Match:
@@ -117,6 +50,9 @@ class Match:
                                                     "(faster; warps still resample at full resolution)"}),
             },
             "optional": {
+                "precision": (bridge.PRECISION_INPUT[0], dict(bridge.PRECISION_INPUT[1], tooltip=(
+                    "weight-free matching precision (auto = ComfyUI's choice for the device); with a model, the "
+                    "precision chosen in its loader is used"))),
                 "model": ("DYNAST_MODEL", {"tooltip": "a DynaST generator; leave empty for weight-free matching"}),
                 "target_label": ("DYNAST_LABEL", {"tooltip": "the target layout label"}),
                 "target_pose": ("POSE_KEYPOINT", {"tooltip": "the target pose (made into a label)"}),
@@ -131,28 +67,30 @@ class Match:
     FUNCTION = "run"
     CATEGORY = CATEGORY
 
-    def run(self, exemplar, top_k, query_chunk_size, grid_scale, model=None, target_label=None, target_pose=None,
-            target_image=None):
-        c = run_match(exemplar, model, target_label, target_pose, target_image, top_k, query_chunk_size, grid_scale)
-        corr, size = c["corr"], c["target_size"]
-        return (c, convert.mask_out(corr.confidence_mask(None, size=size)),
-                convert.image_out(corr.visualize("flow", size=size)))
+    def run(self, exemplar, top_k, query_chunk_size, grid_scale, precision="auto", model=None, target_label=None,
+            target_pose=None, target_image=None):
+        image = convert.image_in(target_image, "target_image") if target_image is not None else None
+        size, frames = _target_shape(exemplar, target_label, target_pose, image)
+        result = bridge.run(api.match, exemplar, kind="dynast" if model is not None else "weightfree_match",
+                            work_size=size, frames=frames, model=model, precision=precision,
+                            query_chunk_size=_chunk(query_chunk_size), what="matching", target_label=target_label,
+                            target_pose=target_pose, target_image=image, top_k=top_k, grid_scale=grid_scale)
+        return (result, convert.mask_out(result.confidence()), convert.image_out(result.preview("flow")))
 
 
-def warp_latent(c, latent):
-    """Warp a LATENT laid out on the exemplar at its own downscale and channel count."""
+def _warp(result, x, **kwargs):
+    return bridge.run(api.warp, result, x, kind="warp", work_size=result.target_size, frames=result.batch_size,
+                      what="warping", **kwargs)
+
+
+def warp_latent(result, latent):
+    """Warp a LATENT laid out on the exemplar (its downscale and channel count are read from its shape)."""
     samples = latent["samples"]
-    eh, ew = c["exemplar_size"]
-    th, tw = c["target_size"]
-    sy, sx = eh / samples.shape[-2], ew / samples.shape[-1]
-    out_size = (max(1, round(th / sy)), max(1, round(tw / sx)))
-    warped = c["corr"].warp(samples.float(), output_size=out_size).to(samples.dtype)
     out = {k: v for k, v in latent.items() if k not in ("samples", "noise_mask")}
-    out["samples"] = warped
+    out["samples"] = _warp(result, samples)
     if "noise_mask" in latent:
-        nm = latent["noise_mask"].float()
-        nm = nm.reshape(-1, 1, *nm.shape[-2:])
-        out["noise_mask"] = c["corr"].warp(nm, output_size=(th, tw))
+        nm = latent["noise_mask"]
+        out["noise_mask"] = _warp(result, nm.reshape(-1, 1, *nm.shape[-2:]).float(), output_size=result.target_size)
     return out
 
 
@@ -181,19 +119,11 @@ class Warp:
     CATEGORY = CATEGORY
 
     def run(self, correspondence, image=None, mask=None, latent=None):
-        c = correspondence
-        corr, size = c["corr"], c["target_size"]
-        with torch.inference_mode():
-            src = convert.image_in(image) if image is not None else c["exemplar"]
-            out_img = corr.warp(src.to(corr.weights.device), output_size=size)
-            if mask is not None:
-                m = mask.float()
-                m = m[None] if m.dim() == 2 else m
-                out_mask = corr.warp(m[:, None], output_size=size)
-            else:
-                out_mask = corr.confidence_mask(None, size=size)
-            out_latent = warp_latent(c, latent) if latent is not None else None
-        return (convert.image_out(out_img), convert.mask_out(out_mask), out_latent)
+        r = correspondence
+        img = _warp(r, convert.image_in(image) if image is not None else None)
+        out_mask = r.confidence() if mask is None else _warp(r, convert.mask_in(mask), output_size=r.target_size)
+        out_latent = warp_latent(r, latent) if latent is not None else None
+        return (convert.image_out(img), convert.mask_out(out_mask), out_latent)
 
 
 class Decode:
@@ -214,14 +144,10 @@ class Decode:
     CATEGORY = CATEGORY
 
     def run(self, model, correspondence):
-        m = correspondence.get("match")
-        if m is None:
-            raise ValueError("this correspondence was computed without a DynaST model (weight-free); connect the "
-                             "model to Match, or use Warp for a weight-free result")
-        with torch.inference_mode(), on_device(model) as dev:
-            m = dataclasses.replace(m, features={k: v.to(dev) for k, v in m.features.items()}, label=m.label.to(dev))
-            img = model.decode(m)
-        return (convert.image_out((img + 1) / 2),)
+        r = correspondence
+        image = bridge.run(api.decode, kind="dynast", work_size=r.target_size, frames=r.batch_size, model=model,
+                           what="DynaST decoding", result=r)
+        return (convert.image_out(image),)
 
 
 class Generate:
@@ -245,10 +171,11 @@ class Generate:
     CATEGORY = CATEGORY
 
     def run(self, model, exemplar, query_chunk_size, target_label=None, target_pose=None):
-        c = run_match(exemplar, model, target_label, target_pose, None, model.config.top_k, query_chunk_size)
-        (img,) = Decode().run(model, c)
-        low = c["corr"].confidence_mask(None, size=c["target_size"], low=True)
-        return (img, convert.mask_out(low), c)
+        size, frames = _target_shape(exemplar, target_label, target_pose, None)
+        out = bridge.run(api.generate, kind="dynast", work_size=size, frames=frames, model=model,
+                         query_chunk_size=_chunk(query_chunk_size), what="DynaST generation", exemplar=exemplar,
+                         target_label=target_label, target_pose=target_pose)
+        return (convert.image_out(out.image), convert.mask_out(out.match.confidence(low=True)), out.match)
 
 
 class CorrespondencePreview:
@@ -269,8 +196,7 @@ class CorrespondencePreview:
     CATEGORY = CATEGORY + "/utils"
 
     def run(self, correspondence, kind):
-        c = correspondence
-        return (convert.image_out(c["corr"].visualize(kind, size=c["target_size"])),)
+        return (convert.image_out(correspondence.preview(kind)),)
 
 
 class ConfidenceToMask:
@@ -295,12 +221,4 @@ class ConfidenceToMask:
     CATEGORY = CATEGORY + "/utils"
 
     def run(self, correspondence, threshold, grow, feather, invert):
-        c = correspondence
-        m = c["corr"].confidence_mask(threshold, size=c["target_size"], low=not invert)
-        if grow:
-            m = F.max_pool2d(m, 2 * grow + 1, stride=1, padding=grow)
-        if feather:
-            from kornia.filters import gaussian_blur2d
-            k = 2 * feather + 1
-            m = gaussian_blur2d(m, (k, k), (feather / 2, feather / 2), border_type="replicate")
-        return (convert.mask_out(m),)
+        return (convert.mask_out(confidence_to_mask(correspondence, threshold, grow, feather, invert)),)

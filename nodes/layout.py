@@ -3,36 +3,10 @@ from __future__ import annotations
 
 import json
 
-import torch
-import torch.nn.functional as F
-
-from . import convert
+from . import bridge, convert
 
 CATEGORY = "DynaST/layout"
 LABEL_TIP = "a DynaST layout label (B, C, H, W): 20 channels for pose (DeepFashion), 15 for edges (CelebA-HQ)"
-
-
-def _frames(pose):
-    if isinstance(pose, dict):
-        return [pose]
-    return list(pose) if isinstance(pose, (list, tuple)) else [pose]
-
-
-def pose_to_label(pose, height: int = 0, width: int = 0) -> torch.Tensor:
-    """POSE_KEYPOINT (one or more frames) -> ``(B, 20, H, W)``; size 0 means the frame's canvas size."""
-    from ..dynast_core.conditioning import parse_pose_keypoints, pose_keypoints_to_label
-    labels = []
-    for frame in _frames(pose):
-        canvas = None
-        if isinstance(frame, dict) and frame.get("canvas_height") and frame.get("canvas_width"):
-            canvas = (int(frame["canvas_height"]), int(frame["canvas_width"]))
-        h = height or (canvas[0] if canvas else 0)
-        w = width or (canvas[1] if canvas else 0)
-        if not h or not w:
-            raise ValueError("the pose keypoints carry no canvas size: set width and height")
-        kp = parse_pose_keypoints(frame, width=canvas[1] if canvas else w, height=canvas[0] if canvas else h)
-        labels.append(pose_keypoints_to_label(kp[:1], h, w, canvas_size=canvas))
-    return torch.cat(labels, 0)
 
 
 def preview(label: torch.Tensor) -> torch.Tensor:
@@ -61,7 +35,8 @@ class PoseToLabel:
     CATEGORY = CATEGORY
 
     def run(self, pose_keypoint, width, height):
-        label = pose_to_label(pose_keypoint, height, width)
+        from ..dynast_core.conditioning import pose_frames_to_label
+        label = pose_frames_to_label(pose_keypoint, height, width)
         return (label, preview(label))
 
 
@@ -133,27 +108,10 @@ class Exemplar:
     CATEGORY = CATEGORY
 
     def run(self, image, layout, pose_keypoint=None, label=None):
-        img = convert.image_in(image, "exemplar image")
-        h, w = img.shape[-2:]
-        if layout == "auto":
-            layout = "pose" if pose_keypoint is not None else ("label" if label is not None else "none")
-        if layout == "pose":
-            if pose_keypoint is None:
-                raise ValueError("layout 'pose' needs the pose_keypoint input connected")
-            lab = pose_to_label(pose_keypoint, h, w)
-        elif layout == "label":
-            if label is None:
-                raise ValueError("layout 'label' needs the label input connected")
-            lab = F.interpolate(label.float(), size=(h, w), mode="nearest")
-        elif layout == "edges":
-            from ..dynast_core.conditioning import image_to_edge_label
-            lab = image_to_edge_label(img)
-        else:
-            lab = None
-        if lab is not None and lab.shape[0] not in (1, img.shape[0]):
-            raise ValueError(f"the exemplar layout has {lab.shape[0]} frames but the image batch is {img.shape[0]}")
-        exemplar = {"image": img, "label": lab, "layout": layout}
-        return (exemplar, preview(lab) if lab is not None else convert.image_out(img))
+        from ..dynast_core.api import make_exemplar
+        ex = make_exemplar(convert.image_in(image, "exemplar image"), layout=layout, pose=pose_keypoint, label=label)
+        shown = preview(ex.label) if ex.label is not None else convert.image_out(ex.image)
+        return (ex.to(bridge.intermediate_device()), shown)
 
 
 #: a standing person, OpenPose-18 order, normalised coordinates (the default of PoseKeypointsFromJSON)

@@ -1,10 +1,8 @@
 """Stylize node: StyA2K with weights, or the weight-free all-to-key path."""
 from __future__ import annotations
 
-import torch
-
 from . import bridge, convert
-from .correspondence import on_device
+from ..dynast_core import api
 
 
 class Stylize:
@@ -15,7 +13,7 @@ class Stylize:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "content": ("IMAGE", {"tooltip": "the image to stylise (a batch is stylised item by item)"}),
+                "content": ("IMAGE", {"tooltip": "the image to stylise (a batch or a video clip: one style for every frame)"}),
                 "style": ("IMAGE", {"tooltip": "one style for every content, or one per content"}),
                 "strength": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.05,
                                        "tooltip": "0 = the content, 1 = full stylisation"}),
@@ -24,6 +22,9 @@ class Stylize:
                                  "tooltip": "longer side to work and return at; 0 = the content's size"}),
             },
             "optional": {
+                "precision": (bridge.PRECISION_INPUT[0], dict(bridge.PRECISION_INPUT[1], tooltip=(
+                    "weight-free precision (auto = ComfyUI's choice for the device); with a model, the precision "
+                    "chosen in its loader is used"))),
                 "model": ("STYA2K_MODEL", {"tooltip": "StyA2K weights; leave empty for the weight-free path"}),
                 "mask": ("MASK", {"tooltip": "stylise only where the mask is 1 (any size; soft seam)"}),
             },
@@ -35,34 +36,12 @@ class Stylize:
     FUNCTION = "run"
     CATEGORY = "DynaST/style"
 
-    def run(self, content, style, strength, preserve_color, size, model=None, mask=None):
+    def run(self, content, style, strength, preserve_color, size, precision="auto", model=None, mask=None):
         c, s = convert.image_in(content, "content"), convert.image_in(style, "style")
-        if s.shape[0] not in (1, c.shape[0]):
-            raise ValueError(f"style batch {s.shape[0]} must be 1 or the content batch {c.shape[0]}")
-        m = convert.mask_in(mask, c.shape[-2:])
-        if m is not None and m.shape[0] not in (1, c.shape[0]):
-            raise ValueError(f"mask batch {m.shape[0]} must be 1 or the content batch {c.shape[0]}")
-        levels = 3
-        progress = bridge.Progress(c.shape[0] * (1 if model is not None else levels), "stylize")
-        outs = []
-        with torch.inference_mode():
-            for i in range(c.shape[0]):
-                ci, si = c[i:i + 1], s[i:i + 1] if s.shape[0] > 1 else s
-                mi = None if m is None else (m[i:i + 1] if m.shape[0] > 1 else m)
-                kw = dict(strength=strength, preserve_color=preserve_color, mask=mi, size=size or None)
-                if model is not None:
-                    from ..dynast_core.stylize import stylize
-                    with on_device(model) as dev:
-                        out = bridge.with_oom_retry(
-                            lambda q: stylize(model, ci.to(dev), si.to(dev), query_chunk_size=q, **kw), None,
-                            "StyA2K stylisation")
-                    progress.tick()
-                else:
-                    from ..dynast_core.weightfree import stylize_weight_free
-                    out = bridge.with_oom_retry(
-                        lambda q: stylize_weight_free(ci, si, levels=levels, query_chunk_size=q,
-                                                      progress=progress.callback(), **kw), None,
-                        "weight-free stylisation")
-                outs.append(out.cpu())
-        progress.close()
-        return (convert.image_out(torch.cat(outs, 0)),)
+        work = c.shape[-2:] if not size else (size, size)
+        out = bridge.run(api.stylize, c, s, kind="stya2k" if model is not None else "weightfree_stylize",
+                         work_size=tuple(work), frames=max(c.shape[0], s.shape[0]), model=model, precision=precision,
+                         what="StyA2K stylisation" if model is not None else "weight-free stylisation",
+                         strength=strength, preserve_color=preserve_color, mask=convert.mask_in(mask),
+                         size=size or None)
+        return (convert.image_out(out),)

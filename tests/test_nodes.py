@@ -68,8 +68,11 @@ def test_weight_free_match_warp_and_utilities(pack):
     assert m.shape == (1, 64, 48) and 0 <= m.min() and m.max() <= 1
     (p,) = N["DynaST_CorrespondencePreview"]().run(corr, "source")
     assert p.shape == (1, 64, 48, 3)
+    from dynast_core.models.dynast import DynaSTConfig, DynaSTGenerator
+    tiny = pack.nodes.bridge.ModelHandle(DynaSTGenerator(DynaSTConfig(semantic_nc=20, ngf=8, pos_dim=4, prune_dim=4)),
+                                         "dynast")
     with pytest.raises(ValueError, match="without a DynaST model"):
-        N["DynaST_Decode"]().run(object(), corr)
+        N["DynaST_Decode"]().run(tiny, corr)
 
 
 def test_pose_layouts_batch_and_label_matching(pack):
@@ -92,10 +95,11 @@ def test_dynast_model_match_decode_generate(pack):
     from dynast_core.models.dynast import DynaSTConfig, DynaSTGenerator
     N = pack.NODE_CLASS_MAPPINGS
     torch.manual_seed(0)
-    model = DynaSTGenerator(DynaSTConfig(semantic_nc=20, ngf=8, pos_dim=4, prune_dim=4, crop_size=64)).eval()
+    model = pack.nodes.bridge.ModelHandle(
+        DynaSTGenerator(DynaSTConfig(semantic_nc=20, ngf=8, pos_dim=4, prune_dim=4, crop_size=64)), "dynast")
     exemplar, _ = N["DynaST_Exemplar"]().run(_img(), "pose", pose_keypoint=_pose())
     corr, conf, _ = N["DynaST_Match"]().run(exemplar, 4, 0, 1.0, model=model, target_pose=_pose(shift=0.05))
-    assert corr["match"] is not None and conf.shape == (1, 64, 48)
+    assert corr.state is not None and conf.shape == (1, 64, 48)
     (img,) = N["DynaST_Decode"]().run(model, corr)
     img2, low, _ = N["DynaST_Generate"]().run(model, exemplar, 0, target_pose=_pose(shift=0.05))
     assert img.shape == (1, 64, 48, 3) and torch.allclose(img, img2, atol=1e-5)

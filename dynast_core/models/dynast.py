@@ -127,6 +127,45 @@ class DynaSTMatch:
         """The finest-scale correspondence."""
         return self.correspondences[1]
 
+    @property
+    def batch_size(self) -> int:
+        return self.label.shape[0]
+
+    def to(self, device=None, dtype: Optional[torch.dtype] = None) -> "DynaSTMatch":
+        """Move every tensor to ``device``; ``dtype`` applies to the floating tensors (features, label,
+        confidence, correspondence weights), not to the candidate indices."""
+        def move(t):
+            return t.to(device=device, dtype=dtype if t.is_floating_point() else None)
+        return DynaSTMatch({k: move(v) for k, v in self.features.items()},
+                           {k: c.to(device, dtype) for k, c in self.correspondences.items()},
+                           {k: move(v) for k, v in self.confidence.items()}, move(self.label), self.size,
+                           [move(w) for w in self.warped])
+
+    def for_decode(self) -> "DynaSTMatch":
+        """Only what :meth:`DynaSTGenerator.decode` and a warp need: the per-scale features, the label and
+        the finest correspondence (the coarser scales' candidates and the training warps are dropped)."""
+        return DynaSTMatch(dict(self.features), {1: self.correspondences[1]}, dict(self.confidence), self.label,
+                           self.size)
+
+    def select(self, start: int, end: int) -> "DynaSTMatch":
+        """Batch items ``start:end``."""
+        return DynaSTMatch({k: v[start:end] for k, v in self.features.items()},
+                           {k: c.narrow(start, end) for k, c in self.correspondences.items()},
+                           {k: v[start:end] for k, v in self.confidence.items()}, self.label[start:end],
+                           self.size, [w[start:end] for w in self.warped])
+
+    @staticmethod
+    def cat(items: List["DynaSTMatch"]) -> "DynaSTMatch":
+        """Concatenate along the batch (same size; the scales kept by every item)."""
+        first = items[0]
+        if any(m.size != first.size for m in items):
+            raise ValueError("DynaST match states to concatenate must share one image size")
+        scales = [s for s in first.correspondences if all(s in m.correspondences for m in items)]
+        return DynaSTMatch({k: torch.cat([m.features[k] for m in items]) for k in first.features},
+                           {s: Correspondence.cat([m.correspondences[s] for m in items]) for s in scales},
+                           {k: torch.cat([m.confidence[k] for m in items]) for k in first.confidence},
+                           torch.cat([m.label for m in items]), first.size)
+
 
 @dataclass
 class DynaSTOutput:
