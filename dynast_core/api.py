@@ -80,13 +80,14 @@ def _rows(x: Optional[torch.Tensor], s: int, e: int) -> Optional[torch.Tensor]:
     return x if x.shape[0] == 1 else x[s:e]
 
 
-def _sub_progress(progress: Progress, index: int, count: int) -> Progress:
-    """A progress hook for window ``index`` of ``count``: inner ``(step, total)`` -> overall ``(step, total)``."""
+def _sub_progress(progress: Progress, start: int, end: int, frames: int) -> Progress:
+    """A progress hook for the window of frames ``start:end`` of ``frames``: the inner ``(step, total)`` of the
+    window becomes overall ``(step, total)`` in units of ``total`` per frame (so the bar moves per frame)."""
     if progress is None:
         return None
 
     def hook(step, total):
-        progress(index * total + step, count * total)
+        progress(start * total + step * (end - start), frames * total)
     return hook
 
 
@@ -313,7 +314,7 @@ def _run_match(exemplar, target_label, target_pose, target_image, model, *, top_
             corr, state, img = _match_window(method, model, ex.frames(s, e), pl.put(_rows(label, s, e)),
                                              pl.put(_rows(image, s, e)), top_k=top_k, grid_scale=grid_scale,
                                              query_chunk_size=query_chunk_size,
-                                             progress=_sub_progress(progress, i, len(windows)),
+                                             progress=_sub_progress(progress, s, e, b),
                                              decode_too=decode_too)
             corrs.append(pl.out(corr))
             if keep_state and state is not None:
@@ -465,8 +466,8 @@ def warp(result: MatchResult, x: Optional[torch.Tensor] = None, *, mode: str = "
 # ---------------------------------------------------------------------------------------------- stylize
 def stylize(content: torch.Tensor, style: torch.Tensor, *, model: Optional[nn.Module] = None, strength: float = 1.0,
             preserve_color: bool = False, mask: Optional[torch.Tensor] = None, size: Optional[int] = None,
-            query_chunk_size: Optional[int] = None, window: Optional[int] = None, device=None, dtype=None,
-            output_device=None, progress: Progress = None, weight_free_levels: int = 3) -> torch.Tensor:
+            temporal: float = 0.0, query_chunk_size: Optional[int] = None, window: Optional[int] = None, device=None,
+            dtype=None, output_device=None, progress: Progress = None, weight_free_levels: int = 3) -> torch.Tensor:
     """Paint ``content`` in the manner of ``style``: with a StyA2K ``model``, or weight-free without one.
 
     Args:
@@ -475,6 +476,10 @@ def stylize(content: torch.Tensor, style: torch.Tensor, *, model: Optional[nn.Mo
         strength: 0 = the content, 1 = full stylisation; preserve_color: keep the content's colours.
         mask: stylise only inside it (any size; ``(1 or B, 1, H, W)``, ``(B, H, W)`` or ``(H, W)``), soft seam.
         size: longer side to work and return at (default the content's).
+        temporal: for a video clip (the content batch as frames in order): how much of the previous stylised
+            frame, carried to this frame by the correspondence between the two content frames, is blended in
+            where that correspondence is confident (0 = every frame on its own; 0.8 keeps static and slowly
+            moving regions steady). See :func:`dynast_core.video.carry_previous`.
         window: frames per window (default the whole batch).
         device, dtype, output_device: see :mod:`dynast_core.runtime` (the model's by default).
         progress: ``progress(step, total)``.
@@ -487,6 +492,8 @@ def stylize(content: torch.Tensor, style: torch.Tensor, *, model: Optional[nn.Mo
     _check_image(style, "style", min_side=4)
     if not 0.0 <= float(strength) <= 1.0:
         raise ValueError(f"strength must be between 0 and 1, got {strength}")
+    if not 0.0 <= float(temporal) <= 1.0:
+        raise ValueError(f"temporal must be between 0 and 1, got {temporal}")
     content, style = match_batches(content, style)
     b = content.shape[0]
     if mask is not None:
@@ -498,12 +505,13 @@ def stylize(content: torch.Tensor, style: torch.Tensor, *, model: Optional[nn.Mo
     pl = resolve_placement(content, model=model, device=device, dtype=dtype, output_device=output_device)
     windows = list(frame_windows(b, window))
     outs = []
+    carry = None                                  # (previous stylised frame, previous content) for temporal
     shared_style = pl.put(style) if style.shape[0] == 1 else None
     for i, (s, e) in enumerate(windows):
         c = pl.put(content[s:e])
         st = shared_style if shared_style is not None else pl.put(style[s:e])
         m = None if mask is None else pl.put(_rows(mask, s, e))
-        hook = _sub_progress(progress, i, len(windows))
+        hook = _sub_progress(progress, s, e, b)
         with torch.inference_mode():
             if model is not None:
                 from .stylize import stylize as stylize_stya2k
@@ -516,9 +524,31 @@ def stylize(content: torch.Tensor, style: torch.Tensor, *, model: Optional[nn.Mo
                 out = stylize_weight_free(c, st.expand(c.shape[0], -1, -1, -1), strength=strength, preserve_color=preserve_color, mask=m, size=size,
                                           levels=weight_free_levels, query_chunk_size=query_chunk_size,
                                           progress=hook)
+            if temporal > 0:
+                out, carry = _temporal_blend(out, c, carry, temporal, size, query_chunk_size, pl.dtype)
             outs.append(pl.out(out))
             del out, c
     return torch.cat(outs)
+
+
+def _temporal_blend(out, content, carry, temporal, size, query_chunk_size, dtype):
+    """Blend each frame of a window with the previous stylised frame carried onto it (see
+    :func:`dynast_core.video.carry_previous`); ``carry`` is ``(previous output, previous content)`` or None."""
+    from .stylize import resize_longer_side
+    from .video import carry_previous
+    content = resize_longer_side(content, size) if tuple(content.shape[-2:]) != tuple(out.shape[-2:]) else content
+    if tuple(content.shape[-2:]) != tuple(out.shape[-2:]):
+        content = F.interpolate(content, size=out.shape[-2:], mode="bilinear", align_corners=False)
+    frames = []
+    for j in range(out.shape[0]):
+        cur, cj = out[j:j + 1], content[j:j + 1]
+        if carry is not None:
+            carried, weight = carry_previous(carry[0], carry[1], cj, query_chunk_size=query_chunk_size, dtype=dtype)
+            w = float(temporal) * weight.to(cur.dtype)
+            cur = (1 - w) * cur + w * carried.to(cur.dtype)
+        frames.append(cur)
+        carry = (cur, cj)
+    return torch.cat(frames), carry
 
 
 # ---------------------------------------------------------------------------------------------- memory

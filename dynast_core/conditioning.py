@@ -687,17 +687,51 @@ def pose_keypoints_to_label_batch(poses, height: int, width: int, *, canvas_size
                         for p, s in zip(poses, sizes)])
 
 
-def pose_frames_to_label(pose, height: int = 0, width: int = 0) -> torch.Tensor:
+def _no_people(frame) -> bool:
+    return isinstance(frame, dict) and "people" in frame and not frame["people"]
+
+
+def pose_frames_to_label(pose, height: int = 0, width: int = 0, *, missing: str = "hold") -> torch.Tensor:
     """POSE_KEYPOINT frames (one or a list, as the OpenPose/DWPose nodes emit them) -> ``(B, 20, H, W)``.
 
     ``height``/``width`` 0 take each frame's ``canvas_height``/``canvas_width`` (every frame must then give
     the same size); keypoints are drawn on their own canvas and resized, as :func:`pose_keypoints_to_label`
     does.
 
+    Args:
+        missing: what a frame in which the pose detector found nobody becomes (a clip often has a few):
+            ``"hold"`` the nearest frame's pose that has a person (the previous one first), ``"empty"`` a label
+            without a skeleton, ``"error"`` a ValueError.
+
     Raises:
-        ValueError: no canvas size known and none given, or frames whose canvases give different sizes.
+        ValueError: no canvas size known and none given, frames whose canvases give different sizes, or no
+            frame with a person at all.
     """
+    if missing not in ("hold", "empty", "error"):
+        raise ValueError(f"missing must be 'hold', 'empty' or 'error', got {missing!r}")
     frames = [pose] if isinstance(pose, dict) else (list(pose) if isinstance(pose, (list, tuple)) else [pose])
+    if not frames:
+        raise ValueError("pose keypoints: got an empty list of frames")
+    empty = [_no_people(f) for f in frames]
+    if all(empty):
+        raise ValueError(f"the pose detector found no person in any of the {len(frames)} frames; use frames where it "
+                         "finds one, or give keypoints directly")
+    if any(empty) and missing == "error":
+        raise ValueError(f"no person was detected in pose frame(s) {[i for i, e in enumerate(empty) if e][:10]}")
+    if any(empty) and missing == "hold":
+        have = [i for i, e in enumerate(empty) if not e]
+        resolved = []
+        for i, f in enumerate(frames):
+            if not empty[i]:
+                resolved.append(f)
+                continue
+            j = min(have, key=lambda k: (abs(k - i), k > i))     # nearest, the previous one on ties
+            donor = dict(frames[j])
+            for key in ("canvas_width", "canvas_height"):        # keep this frame's canvas
+                if isinstance(f, dict) and key in f:
+                    donor[key] = f[key]
+            resolved.append(donor)
+        frames = resolved
     labels = []
     for i, frame in enumerate(frames):
         canvas = None
@@ -711,7 +745,10 @@ def pose_frames_to_label(pose, height: int = 0, width: int = 0) -> torch.Tensor:
             raise ValueError(f"pose frame {i} has a {canvas[1]}x{canvas[0]} canvas but frame 0 gave "
                              f"{labels[0].shape[-1]}x{labels[0].shape[-2]}: set the label width and height so "
                              "every frame is drawn at one size")
-        kp = parse_pose_keypoints(frame, width=canvas[1] if canvas else w, height=canvas[0] if canvas else h)
+        if _no_people(frame):                                    # missing="empty"
+            kp = [np.zeros((18, 3))]
+        else:
+            kp = parse_pose_keypoints(frame, width=canvas[1] if canvas else w, height=canvas[0] if canvas else h)
         labels.append(pose_keypoints_to_label(kp[:1], h, w, canvas_size=canvas))
     return torch.cat(labels, 0)
 

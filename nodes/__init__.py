@@ -4,6 +4,7 @@ from .correspondence import ConfidenceToMask, CorrespondencePreview, Decode, Gen
 from .layout import Exemplar, ImageToEdgeLabel, LabelFromImage, PoseKeypointsFromJSON, PoseToLabel
 from .loaders import DynaSTModelLoader, StyA2KModelLoader
 from .stylize import Stylize
+from .video import PropagateKeyframes
 
 bridge.register_model_folders()
 bridge.install_cancel_check()
@@ -23,6 +24,7 @@ _NODES = [
     ("DynaST_Stylize", Stylize, "Stylize (StyA2K / weight-free)"),
     ("DynaST_CorrespondencePreview", CorrespondencePreview, "Correspondence Preview"),
     ("DynaST_ConfidenceToMask", ConfidenceToMask, "Confidence to Mask"),
+    ("DynaST_PropagateKeyframes", PropagateKeyframes, "Propagate Keyframes (video)"),
 ]
 
 NODE_CLASS_MAPPINGS = {name: cls for name, cls, _ in _NODES}
