@@ -9,7 +9,7 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-CORE_TYPES = {"IMAGE", "MASK", "LATENT", "INT", "FLOAT", "STRING", "BOOLEAN", "POSE_KEYPOINT", "MODEL", "CLIP",
+CORE_TYPES = {"IMAGE", "MASK", "LATENT", "INT", "FLOAT", "STRING", "BOOLEAN", "POSE_KEYPOINT", "MODEL", "CLIP", "VIDEO",
               "VAE", "CONDITIONING"}
 
 
