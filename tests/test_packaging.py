@@ -204,7 +204,7 @@ def test_docs_tool_sees_a_stale_table(pack):
     cls = pack.NODE_CLASS_MAPPINGS["DynaST_ConfidenceToMask"]
     page = (docs.DOCS / "DynaST_ConfidenceToMask.md").read_text(encoding="utf-8")
     assert docs.refresh(page, cls) == page
-    stale = page.replace("| `grow` | INT | `4` |", "| `grow` | INT | `8` |")
+    stale = page.replace("**`grow`** (INT, default `4`,", "**`grow`** (INT, default `8`,")
     assert stale != page and docs.refresh(stale, cls) == page
 
 

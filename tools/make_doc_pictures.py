@@ -72,6 +72,64 @@ def _pil(t: torch.Tensor, side: int = CELL) -> Image.Image:
     return Image.fromarray(arr, "RGB")
 
 
+def _wrapped(draw: ImageDraw.ImageDraw, text: str, width: int, font) -> List[str]:
+    lines, line = [], ""
+    for word in text.split():
+        trial = f"{line} {word}".strip()
+        if line and draw.textlength(trial, font=font) > width:
+            lines.append(line)
+            line = word
+        else:
+            line = trial
+    return lines + ([line] if line else [])
+
+
+def panel(rows: Sequence[Tuple[Sequence[Tuple[str, torch.Tensor]], str]], links: Sequence[str] = (),
+          title: str = "", side: int = CELL) -> Image.Image:
+    """Thumbnails with captions, at most two per row (the help panel is narrow). ``rows`` are
+    ``(items, sep)`` with ``sep`` "+", "->" or "" between the items of that row; ``links[i]`` labels a down
+    arrow between row i and row i + 1 ("" = no arrow, just the next row)."""
+    gap, cap, link_h = 36, 18, 30
+    width = 2 * side + gap + 12
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    title_lines = _wrapped(probe, title, width - 12, _font(12)) if title else []
+    top = 6 + 16 * len(title_lines)
+    pics = [[_pil(t, side) for _, t in items] for items, _ in rows]
+    heights = [max(p.height for p in r) for r in pics]
+    height = top + sum(h + cap for h in heights) + link_h * (len(rows) - 1) + 6
+    img = Image.new("RGB", (width, height), BG)
+    d = ImageDraw.Draw(img)
+    for i, line in enumerate(title_lines):
+        d.text((6, 4 + 16 * i), line, fill=INK, font=_font(12))
+    y = top
+    for r, ((items, sep), row) in enumerate(zip(rows, pics)):
+        row_w = sum(p.width for p in row) + gap * (len(row) - 1)
+        x = (width - row_w) // 2
+        for i, ((name, _), p) in enumerate(zip(items, row)):
+            img.paste(p, (x, y))
+            d.rectangle([x - 1, y - 1, x + p.width, y + p.height], outline=(200, 200, 200))
+            f = _font(11)
+            tw = d.textlength(name, font=f)
+            d.text((x + (p.width - tw) / 2, y + p.height + 3), name, fill=INK, font=f)
+            if i < len(row) - 1:
+                mid = y + p.height // 2
+                if sep == "+":
+                    d.text((x + p.width + gap / 2 - 4, mid - 10), "+", fill=INK, font=_font(16))
+                elif sep:
+                    _arrow(d, x + p.width + 5, x + p.width + gap - 5, mid)
+            x += p.width + gap
+        y += heights[r] + cap
+        if r < len(rows) - 1:
+            label = links[r] if r < len(links) else ""
+            if label:
+                cx = width // 2
+                d.line([(cx, y + 2), (cx, y + link_h - 8)], fill=INK, width=2)
+                d.polygon([(cx, y + link_h - 2), (cx - 5, y + link_h - 10), (cx + 5, y + link_h - 10)], fill=INK)
+                d.text((cx + 8, y + 6), label, fill=GREY, font=_font(11))
+            y += link_h
+    return img
+
+
 def _arrow(draw: ImageDraw.ImageDraw, x0: int, x1: int, y: int, label: str = "", colour=INK) -> None:
     draw.line([(x0, y), (x1 - 6, y)], fill=colour, width=2)
     draw.polygon([(x1, y), (x1 - 8, y - 5), (x1 - 8, y + 5)], fill=colour)
@@ -81,75 +139,58 @@ def _arrow(draw: ImageDraw.ImageDraw, x0: int, x1: int, y: int, label: str = "",
         draw.text(((x0 + x1 - tw) / 2, y - 16), label, fill=GREY, font=f)
 
 
-def strip(items: Sequence[Tuple[str, torch.Tensor]], arrows: Sequence[str], title: str = "",
-          side: int = CELL) -> Image.Image:
-    """Thumbnails left to right with captions; ``arrows[i]`` says what stands between item i and i + 1:
-    "" a plain gap, "+" a plus sign, "->" an arrow, any other text an arrow with that (short) label."""
-    pics = [_pil(t, side) for _, t in items]
-    gap, top, cap = 44, (22 if title else 6), 18
-    width = sum(p.width for p in pics) + gap * (len(pics) - 1) + 12
-    height = top + max(p.height for p in pics) + cap + 6
-    img = Image.new("RGB", (width, height), BG)
-    d = ImageDraw.Draw(img)
-    if title:
-        d.text((6, 4), title, fill=INK, font=_font(12))
-    x = 6
-    for i, ((name, _), p) in enumerate(zip(items, pics)):
-        img.paste(p, (x, top))
-        d.rectangle([x - 1, top - 1, x + p.width, top + p.height], outline=(200, 200, 200))
-        f = _font(11)
-        tw = d.textlength(name, font=f)
-        d.text((x + (p.width - tw) / 2, top + p.height + 3), name, fill=INK, font=f)
-        if i < len(pics) - 1:
-            mid = top + p.height // 2
-            a = arrows[i] if i < len(arrows) else ""
-            if a == "+":
-                d.text((x + p.width + gap / 2 - 4, mid - 9), "+", fill=INK, font=_font(16))
-            elif a:
-                _arrow(d, x + p.width + 5, x + p.width + gap - 5, mid, "" if a == "->" else a)
-        x += p.width + gap
-    return img
-
-
 Box = Tuple[str, str]           # (title, small print)
 
 
-def chain(boxes: Sequence[Box], highlight: int, title: str = "", below: Optional[Sequence[Box]] = None,
-          below_into: int = 0) -> Image.Image:
-    """A diagram of nodes (boxes) joined by arrows; ``boxes[highlight]`` is the node the page is about.
-    ``below`` are feeder boxes drawn under the chain with an arrow up into ``boxes[below_into]``."""
-    bw, bh, gap = 150, 54, 34
-    top = 24 if title else 8
-    rows = 2 if below else 1
-    width = len(boxes) * bw + (len(boxes) - 1) * gap + 16
-    height = top + rows * bh + (rows - 1) * 30 + 10
+def chain(boxes: Sequence[Box], highlight: int, title: str = "", feeders: Sequence[Tuple[Box, int]] = ()
+          ) -> Image.Image:
+    """A diagram of nodes joined by arrows, top to bottom (the help panel is narrow); ``boxes[highlight]`` is
+    the node the page is about; ``feeders`` are ``(box, index)`` drawn in a second column with an arrow into
+    ``boxes[index]``."""
+    bw, bh, vgap, hgap = 150, 46, 22, 30
+    cols = 2 if feeders else 1
+    width = cols * bw + (cols - 1) * hgap + 16
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    title_lines = _wrapped(probe, title, width - 12, _font(12)) if title else []
+    top = 8 + 16 * len(title_lines)
+    # feeders sit beside their target, later ones of the same target one row lower
+    slots, frow = {}, []
+    for _, idx in feeders:
+        row = idx
+        while row in slots.values():
+            row += 1
+        slots[len(frow)] = row
+        frow.append(row)
+    rows = max([len(boxes)] + [r + 1 for r in frow])
+    height = top + rows * bh + (rows - 1) * vgap + 8
     img = Image.new("RGB", (width, height), BG)
     d = ImageDraw.Draw(img)
-    if title:
-        d.text((8, 5), title, fill=INK, font=_font(12))
+    for i, line in enumerate(title_lines):
+        d.text((6, 4 + 16 * i), line, fill=INK, font=_font(12))
 
     def box(x, y, t, small, hot):
         fill = (226, 238, 252) if hot else (246, 246, 246)
         d.rounded_rectangle([x, y, x + bw, y + bh], radius=7, fill=fill, outline=ACCENT if hot else GREY,
                             width=2 if hot else 1)
-        d.text((x + 8, y + 7), t, fill=INK, font=_font(12))
+        d.text((x + 8, y + 6), t, fill=INK, font=_font(12))
         for j, line in enumerate(small.split("\n")[:2]):
-            d.text((x + 8, y + 25 + 12 * j), line, fill=GREY, font=_font(10))
+            d.text((x + 8, y + 22 + 11 * j), line, fill=GREY, font=_font(10))
+
+    def y_of(row):
+        return top + row * (bh + vgap)
 
     for i, (t, small) in enumerate(boxes):
-        x = 8 + i * (bw + gap)
-        box(x, top, t, small, i == highlight)
+        box(8, y_of(i), t, small, i == highlight)
         if i:
-            _arrow(d, x - gap + 3, x - 3, top + bh // 2)
-    if below:
-        y = top + bh + 30
-        tx = 8 + below_into * (bw + gap) + bw // 2
-        for j, (t, small) in enumerate(below):
-            x = 8 + j * (bw + gap)
-            box(x, y, t, small, False)
-            cx = x + bw // 2
-            d.line([(cx, y), (cx, y - 12), (tx, y - 12), (tx, top + bh + 6)], fill=INK, width=2)
-            d.polygon([(tx, top + bh + 1), (tx - 5, top + bh + 9), (tx + 5, top + bh + 9)], fill=INK)
+            cx = 8 + bw // 2
+            d.line([(cx, y_of(i) - vgap + 2), (cx, y_of(i) - 7)], fill=INK, width=2)
+            d.polygon([(cx, y_of(i) - 1), (cx - 5, y_of(i) - 9), (cx + 5, y_of(i) - 9)], fill=INK)
+    for k, ((t, small), idx) in enumerate(feeders):
+        x, y = 8 + bw + hgap, y_of(frow[k])
+        box(x, y, t, small, False)
+        tx, ty = 8 + bw + 2, y_of(idx) + bh // 2 + (6 if frow[k] != idx else 0)
+        d.line([(x - 2, y + bh // 2), (tx + 8, ty)], fill=INK, width=2)
+        d.polygon([(tx, ty), (tx + 9, ty - 5), (tx + 9, ty + 5)], fill=INK)
     return img
 
 
@@ -176,63 +217,65 @@ def pictures() -> dict:
     warped = api.warp(result)
     conf = result.confidence()
     flow = result.preview("flow")
-    out["match"] = strip([("exemplar", exemplar), ("target image", target), ("warped exemplar", warped),
-                          ("confidence", conf), ("flow_preview", flow)], ["+", "Match", "", ""],
-                         title="DynaST Match, weight-free on images: the pasted disc is not in the exemplar, "
+    out["match"] = panel([([("exemplar", exemplar), ("target_image", target)], "+"),
+                          ([("warped exemplar (Warp)", warped), ("confidence", conf)], ""),
+                          ([("flow_preview", flow)], "")], ["Match", ""],
+                         title="Weight-free on images: the disc pasted into the target is not in the exemplar, "
                                "so its confidence is low")
     mask = confidence_to_mask(result, 0.3, grow=2, feather_radius=3)
     red = torch.tensor([1.0, 0.15, 0.1]).view(1, 3, 1, 1)
-    out["confidence_mask"] = strip([("confidence", conf), ("threshold 0.3, grow 2, feather 3", mask),
-                                    ("mask over the target", target * (1 - 0.6 * mask) + red * 0.6 * mask)],
-                                   ["->", ""], title="Confidence to Mask: 1 = low confidence, redo (inpaint) there")
+    out["confidence_mask"] = panel([([("confidence", conf), ("mask", mask)], "->"),
+                                    ([("mask over the target", target * (1 - 0.6 * mask) + red * 0.6 * mask)], "")],
+                                   [""], title="threshold 0.3, grow 2, feather 3: 1 = low confidence, "
+                                               "redo (inpaint) there")
     exemplar, target, clean = _match_example(foreign=False)
     exemplar_mask = torch.zeros(1, 1, *exemplar.shape[-2:])
     exemplar_mask[..., 40:120, 50:150] = 1.0
-    out["warp"] = strip([("exemplar", exemplar), ("warped image", api.warp(clean)),
-                         ("a mask on the exemplar", exemplar_mask), ("warped mask", api.warp(clean, exemplar_mask))],
-                        ["->", "", "->"], title="DynaST Warp: anything laid out on the exemplar, moved onto the "
-                                               "target (here a smooth warp)")
-    out["preview"] = strip([("target image", target), ("kind = flow", clean.preview("flow")),
-                            ("kind = source", clean.preview("source"))], ["->", ""],
-                           title="Correspondence Preview: where each target pixel comes from")
+    out["warp"] = panel([([("exemplar", exemplar), ("warped image", api.warp(clean))], "->"),
+                         ([("a mask on the exemplar", exemplar_mask),
+                           ("warped mask", api.warp(clean, exemplar_mask))], "->")], [""],
+                        title="Anything laid out on the exemplar, moved onto the target (a smooth warp here)")
+    out["preview"] = panel([([("target image", target), ("kind = flow", clean.preview("flow"))], ""),
+                            ([("kind = source", clean.preview("source"))], "")], [""],
+                           title="Where each target pixel comes from")
     content, style = scene_image(160, 160, seed=1), brush_texture(160, 160, seed=2)
     full = api.stylize(content, style)
     kept = api.stylize(content, style, strength=0.6, preserve_color=True)
-    out["stylize"] = strip([("content", content), ("style", style), ("strength 1.0", full),
-                            ("0.6, preserve_color", kept)], ["+", "->", ""],
-                           title="Stylize, weight-free (a StyA2K model gives crisper strokes)")
+    out["stylize"] = panel([([("content", content), ("style", style)], "+"),
+                            ([("strength 1", full), ("0.6, preserve_color", kept)], "")], ["Stylize"],
+                           title="Weight-free (a StyA2K model gives crisper strokes)")
     pose = _pose_frame(POSE)
     skeleton = label_preview(pose_frames_to_label(pose, 192, 192))
     dots = _keypoint_dots(POSE, 192)
-    out["pose"] = strip([("POSE_KEYPOINT", dots), ("preview of the label", skeleton)], ["->"],
-                        title="Pose keypoints -> 20-channel DynaST label")
-    out["exemplar"] = strip([("image", textured_image(192, 192, seed=7)), ("pose keypoints", dots),
-                             ("layout_preview", skeleton)], ["+", "->"],
-                            title="DynaST Exemplar: an image and its layout (stand-in image)")
+    out["pose"] = panel([([("POSE_KEYPOINT", dots), ("label (preview)", skeleton)], "->")],
+                        title="Keypoints -> 20-channel DynaST pose label")
+    out["exemplar"] = panel([([("image", textured_image(192, 192, seed=7)), ("pose keypoints", dots)], "+"),
+                             ([("layout_preview", skeleton)], "")], ["Exemplar"],
+                            title="An image and its layout (stand-in image)")
     face = scene_image(192, 192, seed=5)
-    out["edges"] = strip([("image", face), ("preview of the label", label_preview(image_to_edge_label(face)))],
-                         ["->"], title="Image -> 15-channel edge label")
+    out["edges"] = panel([([("image", face), ("label (preview)", label_preview(image_to_edge_label(face)))], "->")],
+                         title="Image -> 15-channel edge label")
     seg = _segmentation(192)
-    out["label_from_image"] = strip([("label image, rgb", seg), ("channels = grey", seg.mean(1, keepdim=True))],
-                                    [""], title="Label from Image: a ready label map")
-    out["json_pose"] = strip([("json_text", _json_card(POSE)), ("POSE_KEYPOINT", dots),
-                              ("then Pose to Label", skeleton)], ["->", "->"],
-                             title="Pose Keypoints from JSON: a pose from text instead of a pose estimator")
+    out["label_from_image"] = panel([([("label map, rgb", seg), ("channels = grey", seg.mean(1, keepdim=True))],
+                                      "")], title="A ready label map as a DYNAST_LABEL")
+    out["json_pose"] = panel([([("json_text", _json_card(POSE)), ("POSE_KEYPOINT", dots)], "->"),
+                              ([("after Pose to Label", skeleton)], "")], [""],
+                             title="A pose from text instead of a pose estimator")
     out["loader_dynast"] = chain([("Load DynaST Model", "models/dynast/\nlatest_net_G.pth"),
                                   ("DynaST Match", "model input"), ("DynaST Decode", "model input")], 0,
-                                 title="Load DynaST Model: one model feeds Match and Decode (or Generate)")
-    out["loader_stya2k"] = chain([("Load StyA2K Model", "packed .safetensors, or\nvgg + A2K + transform + decoder"),
-                                  ("Stylize", "model input"), ("Save / Preview", "image")], 0,
+                                 title="One model feeds Match and Decode (or Generate)")
+    out["loader_stya2k"] = chain([("Load StyA2K Model", "a packed .safetensors, or\nvgg, A2K, transform, decoder"),
+                                  ("Stylize", "model input"), ("Preview / Save", "image")], 0,
                                  title="Load StyA2K Model -> Stylize")
     out["decode"] = chain([("DynaST Exemplar", "image + pose/label/edges"), ("DynaST Match", "with the model"),
-                           ("DynaST Decode", "same model"), ("Save / Preview", "image")], 2,
-                          title="DynaST Decode: renders a Match that was computed with a DynaST model",
-                          below=[("Load DynaST Model", "latest_net_G.pth")], below_into=1)
+                           ("DynaST Decode", "the same model"), ("Preview / Save", "image")], 2,
+                          title="Decode renders a Match computed with a DynaST model",
+                          feeders=[(("Load DynaST Model", "latest_net_G.pth"), 1)])
     out["generate"] = chain([("DynaST Exemplar", "image + pose/label/edges"), ("DynaST Generate", "Match + Decode"),
-                             ("Save / Preview", "image"), ("Inpaint (your SD)", "low_confidence mask")], 1,
-                            title="DynaST Generate: target layout + exemplar -> image, in one node",
-                            below=[("Load DynaST Model", "latest_net_G.pth"), ("Pose to Label", "target_label")],
-                            below_into=1)
+                             ("Inpaint (your SD)", "image + low_confidence"), ("Preview / Save", "image")], 1,
+                            title="Target layout + exemplar -> image, in one node",
+                            feeders=[(("Load DynaST Model", "latest_net_G.pth"), 1),
+                                     (("Pose to Label", "target_label"), 1)])
     return out
 
 

@@ -1,14 +1,14 @@
-"""Help pages of the nodes (web/docs/<NodeId>.md): keep their Inputs / Outputs tables in step with the nodes.
+"""Help pages of the nodes (web/docs/<NodeId>.md): keep their Inputs / Outputs lists in step with the nodes.
 
 ComfyUI's frontend shows ``/extensions/<pack folder>/docs/<NodeId>.md`` in a node's Info / help panel (it
 tries ``docs/<NodeId>/<locale>.md`` first and falls back to the node's DESCRIPTION). Each page is written
-by hand, except the two tables between ``<!-- inputs -->`` / ``<!-- /inputs -->`` and ``<!-- outputs -->`` /
+by hand, except the two lists between ``<!-- inputs -->`` / ``<!-- /inputs -->`` and ``<!-- outputs -->`` /
 ``<!-- /outputs -->``, which this script writes from the node's INPUT_TYPES (types, defaults, ranges,
 tooltips) and RETURN_NAMES / OUTPUT_TOOLTIPS. So a changed default or a new input reaches the page by
-running the script, and the tests fail while a page is stale.
+running the script, and the tests fail while a page is stale. (Lists, not tables: the help panel is narrow.)
 
-    python tools/node_docs.py            # refresh the tables of every page
-    python tools/node_docs.py --check    # exit 1 if a node has no page or a table is stale (what the tests run)
+    python tools/node_docs.py            # refresh the lists of every page
+    python tools/node_docs.py --check    # exit 1 if a node has no page or a list is stale (what the tests run)
     python tools/node_docs.py --new      # also create a page, from the template below, for nodes without one
 
 A new node: register it in nodes/__init__.py, run ``python tools/node_docs.py --new``, then fill in the
@@ -92,7 +92,7 @@ def placeholder_listings(pack):
 
 
 def _cell(text) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ").strip()
+    return str(text).replace("\n", " ").strip()
 
 
 PLACEHOLDER = re.compile(r"models/(\w+)/\*\.(\w+)")
@@ -119,58 +119,53 @@ def _fmt(v) -> str:
     return str(v)
 
 
-def input_rows(cls) -> List[List[str]]:
+def input_items(cls) -> List[str]:
+    """One markdown bullet per input: name, type, default, range or choices, tooltip."""
     spec = cls.INPUT_TYPES()
-    rows = []
+    items = []
     for group in ("required", "optional"):
         for name, val in spec.get(group, {}).items():
             kind, opts = val[0], (val[1] if len(val) > 1 else {})
-            tip = opts.get("tooltip", "")
+            facts = []
             if isinstance(kind, (list, tuple)):
                 files, rest = _choices(list(kind))
                 choices = ", ".join(f"`{_cell(o)}`" for o in rest)
-                rng = "; ".join(x for x in (choices, files) if x)
+                facts.append(f"{files}, or {choices}" if files and choices else
+                             files or (f"one of {choices}" if len(rest) > 1 else choices))
                 default = opts.get("default", kind[0] if kind else "")
                 if files and FILE.fullmatch(str(default)) and "default" in opts:
-                    default = f"`{default}` if present, else " + (f"`{rest[0]}`" if rest else "the first file")
+                    facts.append(f"default `{default}` if present, else " + (f"`{rest[0]}`" if rest else "the first file"))
                 elif files and (PLACEHOLDER.fullmatch(str(default)) or FILE.fullmatch(str(default))):
-                    default = "the first file"
+                    facts.append("default: the first file")
                 else:
-                    default = f"`{_fmt(default)}`"
-                typ = "choice"
+                    facts.append(f"default `{_fmt(default)}`")
             else:
-                typ = str(kind)
-                default = f"`{_fmt(opts['default'])}`" if "default" in opts and not opts.get("multiline") else \
-                    ("an example (editable)" if "default" in opts else "")
+                facts.append(str(kind))
+                if "default" in opts:
+                    facts.append("default: an example, editable" if opts.get("multiline") else
+                                 f"default `{_fmt(opts['default'])}`")
                 if "min" in opts or "max" in opts:
                     rng = f"{_fmt(opts.get('min', ''))} to {_fmt(opts.get('max', ''))}"
                     if opts.get("step") not in (None, 1):
                         rng += f", step {_fmt(opts['step'])}"
-                else:
-                    rng = ""
+                    facts.append(rng)
             if group == "optional":
-                typ += " (optional)"
-            rows.append([f"`{name}`", typ, default or "—", rng or "—", _cell(tip)])
-    return rows
+                facts.append("optional")
+            tip = _cell(opts.get("tooltip", ""))
+            items.append(f"- **`{name}`** ({', '.join(facts)})" + (f": {tip}" if tip else ""))
+    return items
 
 
-def output_rows(cls) -> List[List[str]]:
+def output_items(cls) -> List[str]:
     names = getattr(cls, "RETURN_NAMES", None) or cls.RETURN_TYPES
     tips = getattr(cls, "OUTPUT_TOOLTIPS", None) or [""] * len(names)
-    return [[f"`{n}`", str(t), _cell(tip)] for n, t, tip in zip(names, cls.RETURN_TYPES, tips)]
-
-
-def _table(header: List[str], rows: List[List[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines)
+    return [f"- **`{n}`** ({t})" + (f": {_cell(tip)}" if tip else "") for n, t, tip in zip(names, cls.RETURN_TYPES, tips)]
 
 
 def tables(cls) -> Dict[str, str]:
     """The generated blocks of a page: {"inputs": markdown, "outputs": markdown} (call it inside
-    :func:`placeholder_listings`)."""
-    return {"inputs": _table(["Input", "Type", "Default", "Range / choices", "What it does"], input_rows(cls)),
-            "outputs": _table(["Output", "Type", "What it is"], output_rows(cls))}
+    :func:`placeholder_listings`). Lists rather than tables: the help panel is narrow."""
+    return {"inputs": "\n".join(input_items(cls)), "outputs": "\n".join(output_items(cls))}
 
 
 def refresh(text: str, cls) -> str:
@@ -200,7 +195,7 @@ def problems(pack=None) -> List[str]:
                 if f"<!-- {key} -->" not in text or f"<!-- /{key} -->" not in text:
                     out.append(f"{node_id}: {p.name} lacks the <!-- {key} --> ... <!-- /{key} --> markers")
             if refresh(text, cls) != text:
-                out.append(f"{node_id}: the Inputs/Outputs tables of {p.name} are stale (python tools/node_docs.py)")
+                out.append(f"{node_id}: the Inputs/Outputs lists of {p.name} are stale (python tools/node_docs.py)")
     return out
 
 
@@ -235,7 +230,7 @@ def _write(pack, create: bool) -> None:
         updated = refresh(text, cls)
         if updated != text:
             p.write_text(updated, encoding="utf-8")
-            print(f"{node_id}: tables refreshed")
+            print(f"{node_id}: lists refreshed")
 
 
 if __name__ == "__main__":
