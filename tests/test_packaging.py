@@ -39,6 +39,7 @@ NODE_IDS = [
     "DynaST_Stylize",
     "DynaST_CorrespondencePreview",
     "DynaST_ConfidenceToMask",
+    "DynaST_PropagateKeyframes",
 ]
 
 #: import name -> distribution name, where they differ

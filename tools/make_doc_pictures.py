@@ -30,6 +30,8 @@ from dynast_core import api  # noqa: E402
 from dynast_core.conditioning import image_to_edge_label, label_preview, pose_frames_to_label  # noqa: E402
 from dynast_core.demo import brush_texture, scene_image, textured_image, tps_grid, warp_with_grid  # noqa: E402
 from dynast_core.masks import confidence_to_mask  # noqa: E402
+from dynast_core.clips import synthetic_clip  # noqa: E402
+from dynast_core.video import propagate_keyframes  # noqa: E402
 
 IMG_DIR = ROOT / "web" / "docs" / "img"
 ICON = ROOT / "web" / "icon.png"
@@ -276,6 +278,14 @@ def pictures() -> dict:
                             title="Target layout + exemplar -> image, in one node",
                             feeders=[(("Load DynaST Model", "latest_net_G.pth"), 1),
                                      (("Pose to Label", "target_label"), 1)])
+    clip = synthetic_clip("object", frames=4, size=160, seed=2, speed=3.0)
+    images, low = propagate_keyframes(clip.frames, [0], clip.stylised[:1])
+    out["propagate"] = panel([([("keyframe: frame 0 restyled", clip.stylised[:1]), ("frame 3", clip.frames[3:4])],
+                               "+"),
+                              ([("frame 3 propagated", images[3:4]), ("its low_confidence", low[3:4])], "")],
+                             ["Propagate Keyframes"],
+                             title="The keyframe's look carried to frame 3 along the motion; where the moving disc "
+                                   "uncovered the background, the mask asks for inpainting")
     return out
 
 
@@ -344,7 +354,7 @@ DIAGRAMS = {"loader_dynast", "loader_stya2k", "decode", "generate"}
 
 def expected_files() -> List[Path]:
     names = ["match", "warp", "preview", "confidence_mask", "stylize", "pose", "exemplar", "edges",
-             "label_from_image", "json_pose", "loader_dynast", "loader_stya2k", "decode", "generate"]
+             "label_from_image", "json_pose", "loader_dynast", "loader_stya2k", "decode", "generate", "propagate"]
     return [IMG_DIR / (n + (".png" if n in DIAGRAMS else ".jpg")) for n in names]
 
 
