@@ -699,6 +699,7 @@ def pose_frames_to_label(pose, height: int = 0, width: int = 0, *, missing: str 
     does.
 
     Args:
+        pose: POSE_KEYPOINT frames, a JSON text or file holding them, or one plain ``(18, 3)`` pose.
         missing: what a frame in which the pose detector found nobody becomes (a clip often has a few):
             ``"hold"`` the nearest frame's pose that has a person (the previous one first), ``"empty"`` a label
             without a skeleton, ``"error"`` a ValueError.
@@ -709,6 +710,9 @@ def pose_frames_to_label(pose, height: int = 0, width: int = 0, *, missing: str 
     """
     if missing not in ("hold", "empty", "error"):
         raise ValueError(f"missing must be 'hold', 'empty' or 'error', got {missing!r}")
+    pose = _load_json_like(pose)                                 # a JSON text or file holding the frames
+    if isinstance(pose, (list, tuple)) and pose and not isinstance(pose[0], dict):
+        pose = [pose]                                            # one plain (18, 3) pose
     frames = [pose] if isinstance(pose, dict) else (list(pose) if isinstance(pose, (list, tuple)) else [pose])
     if not frames:
         raise ValueError("pose keypoints: got an empty list of frames")
@@ -747,6 +751,8 @@ def pose_frames_to_label(pose, height: int = 0, width: int = 0, *, missing: str 
                              "every frame is drawn at one size")
         if _no_people(frame):                                    # missing="empty"
             kp = [np.zeros((18, 3))]
+        elif not isinstance(frame, dict):                        # a plain pose: pixels of a (h, w) canvas
+            kp = parse_pose_keypoints(frame, width=w, height=h)
         else:
             kp = parse_pose_keypoints(frame, width=canvas[1] if canvas else w, height=canvas[0] if canvas else h)
         labels.append(pose_keypoints_to_label(kp[:1], h, w, canvas_size=canvas))
