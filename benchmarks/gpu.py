@@ -28,7 +28,7 @@ import sys
 import tempfile
 import time
 
-from _harness import ROOT, rss_bytes
+from _harness import ROOT, measure
 
 SHARED = os.path.join(os.path.dirname(ROOT), "shared")
 
@@ -69,38 +69,21 @@ class Meter:
         self.device = device
 
     def __call__(self, fn):
-        import threading
+        import gc
         import torch
-        cuda = self.device.type == "cuda"
-        if cuda:
-            torch.cuda.synchronize(self.device)
-            before = torch.cuda.memory_allocated(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
-        else:
-            before = rss_bytes()
-            peak = [before]
-            done = threading.Event()
-
-            def sample():
-                while not done.is_set():
-                    peak[0] = max(peak[0], rss_bytes())
-                    time.sleep(0.002)
-            th = threading.Thread(target=sample, daemon=True)
-            th.start()
+        if self.device.type != "cuda":
+            out, seconds, peak_mb = measure(fn)
+            return out, seconds, peak_mb, float("nan")
+        torch.cuda.synchronize(self.device)
+        before = torch.cuda.memory_allocated(self.device)
+        torch.cuda.reset_peak_memory_stats(self.device)
         t0 = time.perf_counter()
         out = fn()
-        if cuda:
-            torch.cuda.synchronize(self.device)
+        torch.cuda.synchronize(self.device)
         seconds = time.perf_counter() - t0
-        if cuda:
-            peak_mb = (torch.cuda.max_memory_allocated(self.device) - before) / 2 ** 20
-            import gc
-            gc.collect()
-            left_mb = (torch.cuda.memory_allocated(self.device) - before) / 2 ** 20
-        else:
-            done.set()
-            th.join()
-            peak_mb, left_mb = (max(peak[0], rss_bytes()) - before) / 2 ** 20, float("nan")
+        peak_mb = (torch.cuda.max_memory_allocated(self.device) - before) / 2 ** 20
+        gc.collect()
+        left_mb = (torch.cuda.memory_allocated(self.device) - before) / 2 ** 20
         return out, seconds, peak_mb, left_mb
 
 

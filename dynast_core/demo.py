@@ -148,20 +148,13 @@ def contact_sheet(items: Dict[str, torch.Tensor], columns: int = 4, cell: int = 
     """Tile labelled images ``(1, 3|1, H, W)`` into one ``(1, 3, H, W)`` sheet (labels drawn with PIL)."""
     from PIL import Image, ImageDraw
     import numpy as np
+    from .imageio import thumbnail
     rows = math.ceil(len(items) / columns)
     sheet = Image.new("RGB", (columns * cell, rows * (cell + 18)), (255, 255, 255))
     draw = ImageDraw.Draw(sheet)
     for i, (name, img) in enumerate(items.items()):
-        t = img[0].float().clamp(0, 1)
-        if t.shape[0] == 1:
-            t = t.expand(3, -1, -1)
-        h, w = t.shape[-2:]
-        s = cell / max(h, w)
-        t = F.interpolate(t[None], size=(max(1, round(h * s)), max(1, round(w * s))), mode="bilinear",
-                          align_corners=False, antialias=True)[0]
-        arr = (t.permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
         x0, y0 = (i % columns) * cell, (i // columns) * (cell + 18)
-        sheet.paste(Image.fromarray(arr), (x0, y0 + 18))
+        sheet.paste(thumbnail(img, cell), (x0, y0 + 18))
         draw.text((x0 + 4, y0 + 3), name, fill=(0, 0, 0))
     arr = np.asarray(sheet, dtype=np.float32) / 255.0
     return torch.from_numpy(arr).permute(2, 0, 1)[None]

@@ -76,6 +76,19 @@ def to_pil(img: torch.Tensor):
     return Image.fromarray(arr, mode="RGB")
 
 
+def thumbnail(img: torch.Tensor, side: int):
+    """``(1, C, H, W)`` in [0, 1] (C = 1 or 3) -> an RGB PIL image whose longer side is ``side`` (antialiased)."""
+    import torch.nn.functional as F
+    t = img[0].detach().float().cpu().clamp(0, 1)
+    if t.shape[0] == 1:
+        t = t.expand(3, -1, -1)
+    h, w = t.shape[-2:]
+    s = side / max(h, w)
+    t = F.interpolate(t[None], size=(max(1, round(h * s)), max(1, round(w * s))), mode="bilinear",
+                      align_corners=False, antialias=True)
+    return to_pil(t)
+
+
 def save_image(img: torch.Tensor, path: PathLike) -> Path:
     """Write an image tensor in [0, 1] (PNG unless the extension says otherwise); creates the folder."""
     p = Path(path)

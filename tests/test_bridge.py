@@ -5,30 +5,21 @@ The pack is loaded twice by path: standalone, and with a fake of the small part 
 pack asks of it. A real ComfyUI run is described in the closing notes (and scripted outside the repo).
 """
 import gc
-import importlib.util
 import sys
 import types
 import weakref
 from pathlib import Path
 
 import pytest
+from _pack import load_pack
 import torch
 import torch.nn as nn
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _load_pack(name):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "__init__.py", submodule_search_locations=[str(ROOT)])
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
 def pack():
-    return _load_pack("dynast_pack_bridge_standalone")
+    return load_pack("dynast_pack_bridge_standalone")
 
 
 class FakeComfy:
@@ -128,7 +119,7 @@ def comfy(tmp_path, monkeypatch):
     fake = FakeComfy(tmp_path)
     for name, mod in fake.modules.items():
         monkeypatch.setitem(sys.modules, name, mod)
-    fake.pack = _load_pack(f"dynast_pack_in_fake_comfy_{id(fake)}")
+    fake.pack = load_pack(f"dynast_pack_in_fake_comfy_{id(fake)}")
     assert fake.pack.nodes.bridge.IN_COMFY
     return fake
 

@@ -1,11 +1,11 @@
 """The ComfyUI pack loaded the way ComfyUI loads it (the repo root as a package by path), every node called
 with ComfyUI-format tensors, and the weight-free workflows run node by node from their JSON."""
-import importlib.util
 import json
 import sys
 from pathlib import Path
 
 import pytest
+from _pack import load_pack
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -15,12 +15,8 @@ CORE_TYPES = {"IMAGE", "MASK", "LATENT", "INT", "FLOAT", "STRING", "BOOLEAN", "P
 
 @pytest.fixture(scope="module")
 def pack():
-    name = "dynast_pack_under_test"
-    spec = importlib.util.spec_from_file_location(name, ROOT / "__init__.py", submodule_search_locations=[str(ROOT)])
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+    """The pack imported as ComfyUI imports it (the repository root as a package, by path)."""
+    return load_pack("dynast_pack_under_test")
 
 
 def _img(b=1, h=64, w=48, seed=0):

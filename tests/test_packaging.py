@@ -13,6 +13,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from _pack import load_pack
 
 try:
     import tomllib
@@ -99,12 +100,7 @@ def _third_party(names):
 @pytest.fixture(scope="module")
 def pack():
     """The pack imported as ComfyUI imports it (the repository root as a package, by path)."""
-    name = "dynast_pack_packaging"
-    spec = importlib.util.spec_from_file_location(name, ROOT / "__init__.py", submodule_search_locations=[str(ROOT)])
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_pack("dynast_pack_packaging")
 
 
 def _node_docs():

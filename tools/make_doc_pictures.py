@@ -29,6 +29,7 @@ from PIL import Image, ImageDraw, ImageFont  # noqa: E402
 from dynast_core import api  # noqa: E402
 from dynast_core.conditioning import image_to_edge_label, label_preview, pose_frames_to_label  # noqa: E402
 from dynast_core.demo import brush_texture, scene_image, textured_image, tps_grid, warp_with_grid  # noqa: E402
+from dynast_core.imageio import thumbnail  # noqa: E402
 from dynast_core.masks import confidence_to_mask  # noqa: E402
 from dynast_core.clips import synthetic_clip  # noqa: E402
 from dynast_core.video import propagate_keyframes  # noqa: E402
@@ -63,15 +64,7 @@ def _pose_frame(points, lean: float = 0.0, w: int = 256, h: int = 256):
 
 def _pil(t: torch.Tensor, side: int = CELL) -> Image.Image:
     """``(1, C, H, W)`` in [0, 1] -> an RGB PIL image whose longer side is ``side``."""
-    x = t[0].detach().float().clamp(0, 1)
-    if x.shape[0] == 1:
-        x = x.expand(3, -1, -1)
-    h, w = x.shape[-2:]
-    s = side / max(h, w)
-    x = F.interpolate(x[None], size=(max(1, round(h * s)), max(1, round(w * s))), mode="bilinear",
-                      align_corners=False, antialias=True)[0]
-    arr = (x.permute(1, 2, 0) * 255 + 0.5).to(torch.uint8).numpy()
-    return Image.fromarray(arr, "RGB")
+    return thumbnail(t, side)
 
 
 def _wrapped(draw: ImageDraw.ImageDraw, text: str, width: int, font) -> List[str]:
