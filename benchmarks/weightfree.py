@@ -3,7 +3,7 @@
 Correspondence: textured procedural images warped by a known affine or thin-plate-spline warp; the target
 is matched to the exemplar by (a) dense attention at 1/8 scale over the same descriptors, holding the whole
 correlation matrix as CoCosNet and the official DynaST do, its source positions upsampled (the baseline)
-and (b) the parameter-free DynaST cascade at full resolution (4 MiB attention chunks), and at half
+and (b) the parameter-free DynaST cascade at full resolution (16 MiB attention chunks), and at half
 resolution ("cascade_half", grid_scale 0.5; the equal-memory point at small sizes). Reported: mean
 end-point error (px, positions whose true source lies inside the exemplar), PSNR of the warped exemplar
 against the target (8 px border excluded), time and peak memory (after a small warm-up run, so one-time library loading is not counted; memory from a

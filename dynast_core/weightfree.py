@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from .attention._common import chunk_ranges
+from .attention._inference import rows_of, work_dtype
 from .attention import (all_to_key_attention, dynamic_attention, inner_scale_sparse_attention,
                         inter_scale_sparse_attention)
 from .correspondence import Correspondence
@@ -51,7 +52,7 @@ __all__ = ["pyramid_sizes", "image_descriptors", "channel_descriptors", "match_d
            "match_layouts", "match_latents", "stylize_weight_free"]
 
 Progress = Optional[Callable[[int, int], None]]
-MATCH_MEMORY_BUDGET = 4 * 2 ** 20
+MATCH_MEMORY_BUDGET = 16 * 2 ** 20
 
 
 # ---------------------------------------------------------------------------------------------- features
@@ -94,9 +95,10 @@ def _lab(rgb: torch.Tensor) -> torch.Tensor:
 def image_descriptors(img: torch.Tensor, sizes: Sequence[Tuple[int, int]], colour_weight: float = 1.0,
                       structure_weight: float = 1.0) -> List[torch.Tensor]:
     """Weight-free descriptors of an RGB image ``(B, 3, H, W)`` in [0, 1] at each size of ``sizes``:
-    ``(B, 12, h, w)`` each (Lab colour, 3x3 luminance structure)."""
+    ``(B, 12, h, w)`` each (Lab colour, 3x3 luminance structure), float32 for float16/bfloat16 images (the
+    matching computes squared distances of them), else the image's dtype."""
     _check_rgb(img, "image")
-    lab = _lab(img)
+    lab = _lab(img.to(work_dtype(img)))
     out = []
     for size in sizes:
         x = _resize(lab, size)
@@ -107,7 +109,10 @@ def image_descriptors(img: torch.Tensor, sizes: Sequence[Tuple[int, int]], colou
 def channel_descriptors(a: torch.Tensor, b: torch.Tensor, sizes_a, sizes_b,
                         structure_weight: float = 0.5) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
     """Descriptors of two maps with the same channels (layout labels, latents): each channel standardised
-    with statistics pooled over both maps, plus a down-weighted 3x3 structure of the channel mean."""
+    with statistics pooled over both maps, plus a down-weighted 3x3 structure of the channel mean.
+
+    Float32 for float16/bfloat16 maps: a channel that is non-zero on a few pixels standardises to values in
+    the hundreds, whose squared norms overflow float16."""
     if a.dim() != 4 or b.dim() != 4 or a.shape[1] != b.shape[1]:
         raise ValueError(f"the two maps must be (B, C, H, W) with the same C, got {tuple(a.shape)} and "
                          f"{tuple(b.shape)}")
@@ -118,7 +123,7 @@ def channel_descriptors(a: torch.Tensor, b: torch.Tensor, sizes_a, sizes_b,
     scale = 1.0 / math.sqrt(a.shape[1])
 
     def build(x, sizes):
-        x = ((x.float() - mean) / std).to(x.dtype)
+        x = ((x.float() - mean) / std).to(work_dtype(x))
         res = []
         for size in sizes:
             y = _resize(x, size)
@@ -133,6 +138,26 @@ def _augment(q: torch.Tensor, k: torch.Tensor, temperature: float) -> Tuple[torc
     qa = torch.cat([2 * q, -torch.ones_like(q[:, :1])], 1)
     ka = torch.cat([k, (k * k).sum(1, keepdim=True)], 1)
     return qa, ka
+
+
+def _augmented(q: torch.Tensor, k: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The values of :func:`_augment` (``[2q, -1]`` and ``[k, |k|^2]``), laid out channels-last: the attention
+    operators read them as rows without a copy."""
+    c = q.shape[1]
+    qa = torch.empty(q.shape[0], c + 1, *q.shape[-2:], dtype=q.dtype, device=q.device,
+                     memory_format=torch.channels_last)
+    torch.mul(q, 2, out=qa[:, :c])
+    qa[:, c].fill_(-1)
+    ka = torch.empty(k.shape[0], c + 1, *k.shape[-2:], dtype=k.dtype, device=k.device,
+                     memory_format=torch.channels_last)
+    ka[:, :c] = k
+    ka[:, c] = (k * k).sum(1)
+    return qa, ka
+
+
+def _no_values(k: torch.Tensor) -> torch.Tensor:
+    """Zero-channel values on ``k``'s grid: matching needs the attention's weights, not an output."""
+    return torch.empty(k.shape[0], 0, *k.shape[-2:], dtype=k.dtype, device=k.device)
 
 
 def _check_rgb(img, name):
@@ -166,8 +191,11 @@ def match_descriptors(target: Sequence[torch.Tensor], exemplar: Sequence[torch.T
         propagation_steps: inner-scale steps per level after the inter-scale step.
         confidence_scale: ``d0`` of the match-quality confidence ``exp(-d / d0)``.
         query_chunk_size: queries per chunk of every attention call (overrides ``memory_budget``).
-        memory_budget: bytes of working memory per chunk (default 4 MiB: the candidate sets are
-            small, so small chunks cost little time and keep the peak near the size of the descriptors).
+        memory_budget: bytes of working memory per chunk (default 16 MiB: the fused sparse attention needs
+            under 1 KiB per query, so a chunk is some 18 000 queries, few enough Python steps at 1024 px, and
+            the peak stays near the size of the descriptors).
+        All computation is in float32 for float16/bfloat16 descriptors (``-|q - k|^2 / T`` overflows float16);
+        the weights and confidence are returned in the target's dtype.
         progress: ``progress(step, total)`` called after every level (for progress bars / interruption).
 
     Returns:
@@ -179,23 +207,29 @@ def match_descriptors(target: Sequence[torch.Tensor], exemplar: Sequence[torch.T
     b = target[0].shape[0]
     if exemplar[0].shape[0] not in (1, b):
         raise ValueError(f"exemplar batch {exemplar[0].shape[0]} must be 1 or the target batch {b}")
-    exemplar = [e.expand(b, -1, -1, -1) for e in exemplar]
+    # everything in the work dtype (float32 for half inputs: squared distances / T overflow float16), channels-
+    # last (the attention operators read rows); the results are cast back to the target's dtype
+    out_dtype = target[0].dtype
+    work = torch.float64 if torch.float64 in (target[0].dtype, exemplar[0].dtype) else torch.float32
+    target = [t.to(work) for t in target]
+    exemplar = [e.to(work).expand(b, -1, -1, -1) for e in exemplar]
     levels = len(target)
     total = levels
     # coarsest: dense, both ways (the reverse pass gives the forward-backward consistency)
-    qa, ka = _augment(target[-1], exemplar[-1], temperature)
+    qa, ka = _augmented(target[-1], exemplar[-1])
     hq, wq = target[-1].shape[-2:]
     hk, wk = exemplar[-1].shape[-2:]
     k_eff = min(top_k, hk * wk)
-    dummy = torch.zeros_like(exemplar[-1][:, :1])
-    dense = dynamic_attention(qa, ka, dummy, top_k=k_eff, scale=temperature, query_chunk_size=query_chunk_size, memory_budget=memory_budget)
+    dense = dynamic_attention(qa, ka, _no_values(ka), top_k=k_eff, scale=temperature,
+                              query_chunk_size=query_chunk_size, memory_budget=memory_budget)
     topk = dense.topk_indices
-    qb, kb = _augment(exemplar[-1], target[-1], temperature)
-    back = dynamic_attention(qb, kb, torch.zeros_like(target[-1][:, :1]), top_k=1, scale=temperature,
+    qb, kb = _augmented(exemplar[-1], target[-1])
+    back = dynamic_attention(qb, kb, _no_values(kb), top_k=1, scale=temperature,
                              query_chunk_size=query_chunk_size, memory_budget=memory_budget).topk_indices[..., 0]
     fwd = topk[..., 0]
     round_trip = back.gather(1, fwd)
-    ty, tx = torch.arange(hq * wq, device=fwd.device) // wq, torch.arange(hq * wq, device=fwd.device) % wq
+    pos = torch.arange(hq * wq, device=fwd.device)
+    ty, tx = pos // wq, pos % wq
     err = ((round_trip // wq - ty).float() ** 2 + (round_trip % wq - tx).float() ** 2).sqrt()
     # ambiguity (flat regions) is not error: a failed round trip lowers the confidence, it does not zero it
     cycle = (0.3 + 0.7 * torch.exp(-(err / 3.0) ** 2)).view(b, 1, hq, wq)
@@ -207,9 +241,9 @@ def match_descriptors(target: Sequence[torch.Tensor], exemplar: Sequence[torch.T
         last = level == 0
         q, k = target[level], exemplar[level]
         target[level] = exemplar[level] = None    # free each level once used: the peak stays near one level
-        qa, ka = _augment(q, k, temperature)
+        qa, ka = _augmented(q, k)
         del q, k
-        v = torch.zeros_like(ka[:, :1])
+        v = _no_values(ka)
         for step in range(propagation_steps + 1):
             final = last and step == propagation_steps
             op = inter_scale_sparse_attention if step == 0 else inner_scale_sparse_attention
@@ -225,23 +259,23 @@ def match_descriptors(target: Sequence[torch.Tensor], exemplar: Sequence[torch.T
             del qa, ka
         _interrupt(progress, levels - level, total)
     if levels == 1:
-        qa, ka = _augment(target[0], exemplar[0], temperature)
+        qa, ka = _augmented(target[0], exemplar[0])
     hq, wq = qa.shape[-2:]
     hk, wk = ka.shape[-2:]
     weights = weights / weights.sum(-1, keepdim=True).clamp_min(1e-12)
     # match quality: mean squared descriptor distance of the best candidate (q = qa[:-1] / 2, k = ka[:-1]),
     # in chunks of positions so no full-size temporary is made
-    qf, kf = qa[:, :-1].flatten(2), ka[:, :-1].flatten(2)
+    qr, kr = rows_of(qa)[..., :-1], rows_of(ka)[..., :-1]
     best = topk[..., 0]
     dist = torch.empty(b, hq * wq, dtype=qa.dtype, device=qa.device)
     for s0, e0 in chunk_ranges(hq * wq, 1 << 16):
-        kb_ = kf.gather(2, best[:, None, s0:e0].expand(-1, kf.shape[1], -1))
-        dist[:, s0:e0] = ((qf[..., s0:e0] / 2 - kb_) ** 2).mean(1)
+        kb_ = kr.gather(1, best[:, s0:e0, None].expand(-1, -1, kr.shape[-1]))
+        dist[:, s0:e0] = ((qr[:, s0:e0] / 2 - kb_) ** 2).mean(-1)
     dist = dist.view(b, 1, hq, wq)
     quality = torch.exp(-dist / confidence_scale)
     cycle_up = F.interpolate(cycle, size=(hq, wq), mode="bilinear", align_corners=False)
-    confidence = (quality * cycle_up).clamp(0, 1).to(weights.dtype)
-    return Correspondence(topk, weights, (hq, wq), (hk, wk), confidence)
+    confidence = (quality * cycle_up).clamp(0, 1).to(out_dtype)
+    return Correspondence(topk, weights.to(out_dtype), (hq, wq), (hk, wk), confidence)
 
 
 def _grid_size(size, grid_scale: float) -> Tuple[int, int]:
@@ -278,9 +312,10 @@ def match_images(target: torch.Tensor, exemplar: torch.Tensor, *, grid_scale: fl
     _check_rgb(exemplar, "exemplar")
     ts, es = _levels(_grid_size(target.shape[-2:], grid_scale), _grid_size(exemplar.shape[-2:], grid_scale),
                      coarse_side)
-    return match_descriptors(image_descriptors(target, ts), image_descriptors(exemplar, es), top_k=top_k,
+    corr = match_descriptors(image_descriptors(target, ts), image_descriptors(exemplar, es), top_k=top_k,
                              temperature=temperature, propagation_steps=propagation_steps,
                              query_chunk_size=query_chunk_size, progress=progress)
+    return corr.to(dtype=target.dtype)
 
 
 @torch.no_grad()
@@ -293,8 +328,9 @@ def match_layouts(target_label: torch.Tensor, exemplar_label: torch.Tensor, *, g
     ts, es = _levels(_grid_size(target_label.shape[-2:], grid_scale),
                      _grid_size(exemplar_label.shape[-2:], grid_scale), coarse_side)
     qd, kd = channel_descriptors(target_label, exemplar_label, ts, es)
-    return match_descriptors(qd, kd, top_k=top_k, temperature=temperature, propagation_steps=propagation_steps,
+    corr = match_descriptors(qd, kd, top_k=top_k, temperature=temperature, propagation_steps=propagation_steps,
                              query_chunk_size=query_chunk_size, progress=progress)
+    return corr.to(dtype=target_label.dtype) if target_label.is_floating_point() else corr
 
 
 @torch.no_grad()
@@ -305,8 +341,9 @@ def match_latents(target_latent: torch.Tensor, exemplar_latent: torch.Tensor, *,
     on the latent grid."""
     ts, es = _levels(target_latent.shape[-2:], exemplar_latent.shape[-2:], coarse_side)
     qd, kd = channel_descriptors(target_latent, exemplar_latent, ts, es)
-    return match_descriptors(qd, kd, top_k=top_k, temperature=temperature, propagation_steps=propagation_steps,
+    corr = match_descriptors(qd, kd, top_k=top_k, temperature=temperature, propagation_steps=propagation_steps,
                              query_chunk_size=query_chunk_size, progress=progress)
+    return corr.to(dtype=target_latent.dtype) if target_latent.is_floating_point() else corr
 
 
 # ---------------------------------------------------------------------------------------------- style

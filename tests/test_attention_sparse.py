@@ -26,10 +26,14 @@ def setup(b=2, c=6, d=3, cv=4, hq=6, wq=8, hk=6, wk=4, k=2, dtype=torch.float32,
     return t
 
 
+@pytest.mark.parametrize("path", ["inference", "autograd"])
 @pytest.mark.parametrize("sizes", [((6, 8), (6, 4)), ((5, 7), (3, 5)), ((4, 4), (8, 2))])
-def test_inter_scale_equals_dense_restricted_to_children(sizes):
+def test_inter_scale_equals_dense_restricted_to_children(sizes, path):
+    # "inference": no input needs a gradient (the fused CPU path); "autograd": q does (the gather path)
     (hq, wq), (hk, wk) = sizes
     t = setup(hq=hq, wq=wq, hk=hk, wk=wk, dtype=D64)
+    if path == "autograd":
+        t["q"].requires_grad_()
     res = inter_scale_sparse_attention(t["q"], t["k"], t["v"], t["topk"], t["q_gate"], t["k_gate"],
                                        scale=0.5, warp_values=t["warp"])
     cands = inter_candidates_loop(t["topk"], (hq, wq), (hk, wk))
@@ -41,13 +45,16 @@ def test_inter_scale_equals_dense_restricted_to_children(sizes):
     assert torch.allclose(res.candidate_weights, weights, atol=1e-12)
     assert torch.allclose(res.warped, warped, atol=1e-12)
     assert torch.equal(res.topk_indices, top)
-    assert float(conf.min()) < 0.9   # the gate pruned something
+    assert float(conf.detach().min()) < 0.9   # the gate pruned something
 
 
+@pytest.mark.parametrize("path", ["inference", "autograd"])
 @pytest.mark.parametrize("sizes", [((6, 8), (6, 4)), ((5, 3), (4, 7)), ((1, 1), (2, 2))])
-def test_inner_scale_equals_dense_restricted_to_neighbourhood(sizes):
+def test_inner_scale_equals_dense_restricted_to_neighbourhood(sizes, path):
     (hq, wq), (hk, wk) = sizes
     t = setup(hq=hq, wq=wq, hk=hk, wk=wk, dtype=D64, inter=False, k=3)
+    if path == "autograd":
+        t["q"].requires_grad_()
     res = inner_scale_sparse_attention(t["q"], t["k"], t["v"], t["topk"], t["q_gate"], t["k_gate"],
                                        scale=0.7, warp_values=t["warp"], warp_exclude="pruned")
     cands = inner_candidates_loop(t["topk"], (hq, wq), (hk, wk))
@@ -60,6 +67,27 @@ def test_inner_scale_equals_dense_restricted_to_neighbourhood(sizes):
     assert torch.allclose(res.confidence, conf, atol=1e-12)
     assert torch.allclose(res.warped, warped, atol=1e-12)
     assert torch.equal(res.topk_indices, top)
+
+
+@pytest.mark.parametrize("op", ["inter", "inner"])
+def test_channels_last_zero_values_and_compact_candidates(op):
+    t = setup(inter=op == "inter", dtype=D64)
+    fn = inter_scale_sparse_attention if op == "inter" else inner_scale_sparse_attention
+    args = [t["q"], t["k"], t["v"], t["topk"], t["q_gate"], t["k_gate"]]
+    full = fn(*args, scale=0.3)
+    cl = [x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x for x in args]
+    other = fn(*cl, scale=0.3)
+    assert torch.allclose(full.output, other.output, atol=1e-12)
+    assert torch.equal(full.topk_indices, other.topk_indices)
+    # zero value channels: only the weights (weight-free matching)
+    args[2] = t["v"][:, :0]
+    none = fn(*args, scale=0.3)
+    assert none.output.shape[1] == 0 and torch.allclose(none.candidate_weights, full.candidate_weights, atol=1e-15)
+    # an integer return_candidates keeps the n largest gated weights per query, largest first
+    best = fn(*args, scale=0.3, return_candidates=2)
+    w, j = torch.topk(full.candidate_weights, 2, dim=-1)
+    assert torch.allclose(best.candidate_weights, w, atol=1e-15)
+    assert torch.equal(best.candidate_indices, full.candidate_indices.gather(-1, j))
 
 
 def test_duplicate_candidates_are_counted_as_often_as_listed():

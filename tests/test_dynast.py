@@ -157,3 +157,59 @@ def test_bfloat16_runs_and_stays_close():
             lab.bfloat16(), ex.bfloat16(), exl.bfloat16()).image
     assert low.dtype == torch.bfloat16 and low.shape == ref.shape
     assert (low.float() - ref).abs().mean() < 0.1
+
+
+def _randomised(seed=0, dtype=torch.float64):
+    """A folded model with non-trivial BatchNorm statistics and PReLU slopes, in ``dtype``."""
+    model = load_dynast(_official_like(seed).state_dict(), dtype=dtype)
+    g = torch.Generator().manual_seed(seed + 7)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.weight.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
+                m.bias.copy_(torch.rand(m.bias.shape, generator=g) * 0.2 - 0.1)
+            if isinstance(m, nn.PReLU):
+                m.weight.copy_(torch.rand(m.weight.shape, generator=g) * 0.3 + 0.1)
+    return model
+
+
+def test_inference_path_equals_autograd_path():
+    # no_grad takes the in-place, fused, channels-last path; with autograd on, the official operation order
+    model = _randomised()
+    lab, ex, exl = (x.double() for x in _inputs(b=2, h=44, w=70))
+    with torch.no_grad():
+        fast = model(lab, ex[:1], exl[:1])
+    slow = model(lab, ex[:1], exl[:1])
+    assert slow.image.requires_grad and not fast.image.requires_grad
+    torch.testing.assert_close(fast.image, slow.image.detach(), atol=1e-10, rtol=0)
+    for s in (1, 2, 3, 4):
+        torch.testing.assert_close(fast.match.features[s], slow.match.features[s].detach(), atol=1e-10, rtol=0)
+        torch.testing.assert_close(fast.confidence[s], slow.confidence[s].detach(), atol=1e-10, rtol=0)
+        a, b = fast.match.correspondences[s], slow.match.correspondences[s]
+        assert torch.equal(a.indices, b.indices)
+        torch.testing.assert_close(a.weights, b.weights.detach(), atol=1e-10, rtol=0)
+    assert fast.image.is_contiguous()
+
+
+def test_loaded_model_keeps_keys_values_and_runs_with_parameters_left_in_another_dtype():
+    sd = _official_like().state_dict()
+    model = load_dynast(sd)
+    ref = DynaSTGenerator(SMALL)
+    ref.load_state_dict(load_dynast(sd).state_dict())
+    assert list(model.state_dict()) == list(ref.state_dict())
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, ref.state_dict()[k]), k
+    assert model.encoder_q.layer1[0].weight.is_contiguous(memory_format=torch.channels_last)
+    # ComfyUI low-VRAM: parameters used outside convolutions (PReLU weights, the position embedding) may be
+    # left behind when the convolutions move; they are cast where used (here: another dtype)
+    lab, ex, exl = _inputs()
+    with torch.no_grad():
+        want = _randomised(dtype=torch.float64)(lab.double(), ex.double(), exl.double()).image
+        mixed = _randomised(dtype=torch.float64)
+        for m in mixed.modules():
+            if isinstance(m, nn.PReLU):
+                m.float()
+        mixed.pos_embed.data = mixed.pos_embed.data.float()
+        got = mixed(lab.double(), ex.double(), exl.double()).image
+    assert got.dtype == torch.float64
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)

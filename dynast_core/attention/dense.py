@@ -3,6 +3,11 @@
 Each query attends with softmax to every key; a learned pruning gate then drops keys per query. The kept
 attention is *not* renormalised: its sum per query is the confidence, and DynaST fills the missing mass
 with a SPADE branch (``attn_out + (1 - confidence) * spade(q) + q``).
+
+Inference (no tensor needs a gradient) takes a path with fewer passes over the ``chunk x Nk`` score block:
+in-place scaling, the gate as a boolean mask (the sign of the gate logits), in-place gating; the row tables
+are views of channels-last inputs. Precision: logits, softmax and the gate in float32 for float16/bfloat16
+inputs (on the CPU the matrix products too: it has no fast half-precision matmul); results in the input dtype.
 """
 from __future__ import annotations
 
@@ -13,6 +18,7 @@ import torch
 
 from ._common import check_same, check_shape, chunk_ranges, resolve_chunk_size
 from .gate import hard_gate
+from ._inference import needs_autograd, rows_of, work_dtype
 
 __all__ = ["DenseAttentionResult", "dynamic_attention", "warp_exclusion_fill"]
 
@@ -141,6 +147,11 @@ def dynamic_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     if q_gate is not None and gate_scale is None:
         gate_scale = float(q_gate.shape[1])
 
+    if not needs_autograd(q, k, v, q_gate, k_gate, warp_values):
+        return _inference(q, k, v, q_gate, k_gate, scale, gate_scale, top_k, warp_values, warp_exclude,
+                          return_scores, query_chunk_size, memory_budget)
+
+    work = work_dtype(q)
     qf, kt, vf = _flatten(q), k.flatten(2), _flatten(v)
     qgf = _flatten(q_gate) if q_gate is not None else None
     kgt = k_gate.flatten(2) if k_gate is not None else None
@@ -152,23 +163,24 @@ def dynamic_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
 
     outs, confs, idxs, wts, warps, scores = [], [], [], [], [], []
     for s, e in chunk_ranges(nq, chunk):
-        logits = torch.bmm(qf[:, s:e], kt) / scale
+        logits = torch.bmm(qf[:, s:e], kt).to(work) / scale
         attn = torch.softmax(logits, dim=-1)
         if qgf is not None:
-            gate = hard_gate(torch.bmm(qgf[:, s:e], kgt) / gate_scale)
+            gate = hard_gate(torch.bmm(qgf[:, s:e], kgt).to(work) / gate_scale)
             kept = attn * gate
         else:
             gate = None
             kept = attn
-        outs.append(torch.bmm(kept, vf))
-        confs.append(kept.sum(-1))
+        outs.append(torch.bmm(kept.to(vf.dtype), vf))
+        confs.append(kept.sum(-1).to(q.dtype))
         if top_k:
             _, idx = torch.topk(logits, top_k, dim=-1)
             idxs.append(idx)
-            wts.append(kept.gather(-1, idx))
+            wts.append(kept.gather(-1, idx).to(q.dtype))
         if wvf is not None:
             fill = gate if gate is not None else torch.ones_like(logits)
-            warps.append(torch.bmm(torch.softmax(warp_exclusion_fill(logits, fill, warp_exclude), -1), wvf))
+            warps.append(torch.bmm(torch.softmax(warp_exclusion_fill(logits, fill, warp_exclude), -1).to(wvf.dtype),
+                                   wvf))
         if return_scores:
             scores.append(logits)
 
@@ -181,3 +193,60 @@ def dynamic_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         warped = torch.cat(warps, 1).transpose(1, 2).reshape(b, warp_values.shape[1], hq, wq)
     return DenseAttentionResult(output, confidence, topk_indices, topk_weights, warped,
                                 torch.cat(scores, 1) if return_scores else None)
+
+
+def _inference(q, k, v, q_gate, k_gate, scale, gate_scale, top_k, warp_values, warp_exclude, return_scores,
+               query_chunk_size, memory_budget) -> DenseAttentionResult:
+    """The no-autograd path of :func:`dynamic_attention` (same arguments, already checked)."""
+    b, c, hq, wq = q.shape
+    hk, wk = k.shape[-2:]
+    nq, nk = hq * wq, hk * wk
+    dev, work = q.device, work_dtype(q)
+    # the CPU has no fast half-precision matmul: the products run in float32 there (they are exact enough
+    # and 30-50x faster); elsewhere they stay in the input dtype and their results are upcast
+    mm = work if dev.type == "cpu" else q.dtype
+    qf = rows_of(q, mm)
+    kt = rows_of(k, mm).transpose(1, 2)
+    vf = rows_of(v, mm)
+    gated = q_gate is not None
+    if gated:
+        qgf = rows_of(q_gate, mm)
+        kgt = rows_of(k_gate, mm).transpose(1, 2)
+    wvf = rows_of(warp_values, mm) if warp_values is not None else None
+    # logits, weights (work dtype), the boolean gate and a gate-logit block, per query
+    per_query = b * nk * (2 * torch.finfo(work).bits // 8 + 1 + torch.finfo(mm).bits // 8 * gated
+                          + (torch.finfo(work).bits // 4 if wvf is not None else 0))
+    chunk = resolve_chunk_size(nq, per_query, query_chunk_size, memory_budget)
+    outs, confs, idxs, wts, warps, scores = [], [], [], [], [], []
+    for s, e in chunk_ranges(nq, chunk):
+        logits = torch.bmm(qf[:, s:e], kt).to(work).div_(scale)
+        attn = torch.softmax(logits, dim=-1)
+        gate = None
+        if gated:
+            gate = torch.bmm(qgf[:, s:e], kgt).to(work).div_(gate_scale) > 0
+            attn.mul_(gate)
+        outs.append(torch.bmm(attn.to(mm), vf))
+        confs.append(attn.sum(-1))
+        if top_k:
+            idx = torch.topk(logits, top_k, dim=-1).indices
+            idxs.append(idx)
+            wts.append(attn.gather(-1, idx))
+        del attn
+        if wvf is not None:
+            fill = gate if gate is not None else torch.ones_like(logits, dtype=torch.bool)
+            warp_attn = torch.softmax(warp_exclusion_fill(logits, fill, warp_exclude), -1)
+            warps.append(torch.bmm(warp_attn.to(mm), wvf))
+        if return_scores:
+            scores.append(logits)
+
+    def joined(parts, dtype=None):       # one chunk: no copy
+        x = parts[0] if len(parts) == 1 else torch.cat(parts, 1)
+        return x if dtype is None else x.to(dtype)
+
+    def grid(x):                          # (B, Nq, X) rows -> (B, X, Hq, Wq) channels-last view
+        return x.view(b, hq, wq, x.shape[-1]).permute(0, 3, 1, 2)
+
+    return DenseAttentionResult(grid(joined(outs, v.dtype)), joined(confs, q.dtype).view(b, 1, hq, wq),
+                                joined(idxs) if top_k else None, joined(wts, q.dtype) if top_k else None,
+                                grid(joined(warps, warp_values.dtype)) if warps else None,
+                                joined(scores) if return_scores else None)

@@ -10,20 +10,33 @@ Every query attends only to a short candidate list of keys:
 Both return the top-k of their own attention for the next block, so the cascade carries correspondences
 down to full resolution at a cost linear in the number of positions.
 
-Memory: candidate keys and values are gathered per chunk of queries and contracted with a batched matrix
-product, so nothing of size ``Nq x Nk`` is ever allocated and peak working memory is
-``O(chunk * candidates * C)``; the full-size outputs are linear in the number of positions. The official
-inner-scale op materialises ``B * N * C * 5K`` twice (gathered keys and a broadcast product).
+Two execution paths, equal up to float rounding (float64: 1e-12):
+
+* inference on the CPU (no tensor needs a gradient): fused kernels that never copy a candidate's features.
+  The logits of all candidates are sampled dot products (``torch.sparse.sampled_addmm`` on a CSR pattern of
+  the candidate lists), the output a weighted embedding-bag sum of value rows. Working memory is
+  ``O(chunk * candidates)`` scalars; the row tables are views of channels-last inputs (else one copy each).
+* autograd, or another device: candidate keys and values are gathered per chunk of queries and contracted
+  with a batched matrix product (the official operand layouts, so float32 results equal the official ones),
+  peak working memory ``O(chunk * candidates * C)``.
+
+Nothing of size ``Nq x Nk`` is ever allocated; the full-size outputs are linear in the number of positions.
+The official inner-scale op materialises ``B * N * C * 5K`` twice (gathered keys and a broadcast product).
+
+Precision: logits, softmax, the gate and the weights are computed in float32 for float16/bfloat16 inputs
+(the logits are multiplied by ``1/scale`` = 100 in DynaST), results are returned in the input dtype.
 """
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Callable, NamedTuple, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 
 from ._common import check_same, check_shape, chunk_ranges, resolve_chunk_size
+from ._inference import needs_autograd, rows_of, work_dtype
 from .dense import warp_exclusion_fill
 from .gate import hard_gate
 
@@ -67,6 +80,17 @@ def _decode(idx: torch.Tensor, width: int) -> Tuple[torch.Tensor, torch.Tensor]:
     return torch.div(idx, width, rounding_mode="floor"), idx % width
 
 
+def _children(coarse: torch.Tensor, key_size: Tuple[int, int]) -> torch.Tensor:
+    """``(B, n, K)`` flat indices on the coarse key grid -> ``(B, n, 4K)`` their 2x2 children on the
+    ``(Hk, Wk)`` grid, grouped per top-k entry in the order (0,0), (0,1), (1,0), (1,1); clamped into the grid."""
+    hk, wk = key_size
+    py, px = _decode(coarse, (wk + 1) // 2)
+    d = torch.tensor([[0, 0, 1, 1], [0, 1, 0, 1]], device=coarse.device, dtype=coarse.dtype)
+    cy = (2 * py.unsqueeze(-1) + d[0]).clamp_(max=hk - 1)          # (B, n, K, 4)
+    cx = (2 * px.unsqueeze(-1) + d[1]).clamp_(max=wk - 1)
+    return cy.mul_(wk).add_(cx).flatten(-2)
+
+
 def inter_scale_candidates(prev_topk: torch.Tensor, key_size: Tuple[int, int], start: int = 0,
                            end: Optional[int] = None) -> torch.Tensor:
     """Candidate keys of the inter-scale step: the 2x2 children of each coarse query's top-k.
@@ -85,15 +109,7 @@ def inter_scale_candidates(prev_topk: torch.Tensor, key_size: Tuple[int, int], s
     Returns:
         ``(B, end - start, 4K)`` long flat indices into the ``(Hk, Wk)`` grid.
     """
-    hk, wk = key_size
-    wkc = (wk + 1) // 2
-    p = prev_topk[:, start:end]                                 # (B, n, K)
-    py, px = _decode(p, wkc)
-    dy = torch.tensor([0, 0, 1, 1], device=p.device)
-    dx = torch.tensor([0, 1, 0, 1], device=p.device)
-    cy = (2 * py.unsqueeze(-1) + dy).clamp(max=hk - 1)          # (B, n, K, 4)
-    cx = (2 * px.unsqueeze(-1) + dx).clamp(max=wk - 1)
-    return (cy * wk + cx).flatten(-2)
+    return _children(prev_topk[:, start:end], key_size)
 
 
 def inner_scale_candidates(topk: torch.Tensor, query_size: Tuple[int, int],
@@ -118,25 +134,29 @@ def inner_scale_candidates(topk: torch.Tensor, query_size: Tuple[int, int],
     """
     hq, wq = query_size
     hk, wk = key_size
+    nk = hk * wk
     end = hq * wq if end is None else end
+    n, kk = end - start, topk.shape[-1]
     pos = torch.arange(start, end, device=topk.device)
     y, x = _decode(pos, wq)
-
-    def shifted(ny, nx, sy, sx):
-        ky, kx = _decode(topk[:, ny * wq + nx], wk)
-        return (ky + sy).clamp(0, hk - 1) * wk + (kx + sx).clamp(0, wk - 1)
-
-    up, down = (y - 1).clamp(min=0), (y + 1).clamp(max=hq - 1)
-    left, right = (x - 1).clamp(min=0), (x + 1).clamp(max=wq - 1)
-    return torch.cat([topk[:, pos],
-                      shifted(up, x, 1, 0), shifted(down, x, -1, 0),
-                      shifted(y, left, 0, 1), shifted(y, right, 0, -1)], dim=-1)
+    up, down = (y - 1).clamp_(min=0), (y + 1).clamp_(max=hq - 1)
+    left, right = (x - 1).clamp_(min=0), (x + 1).clamp_(max=wq - 1)
+    # one gather of the top-k of the query and its four neighbours, in the candidate order: (B, n, 5, K)
+    rows = torch.stack([pos, up.mul_(wq).add_(x), down.mul_(wq).add_(x), left.add_(y * wq), right.add_(y * wq)], 1)
+    out = topk.index_select(1, rows.view(-1)).view(topk.shape[0], n, 5, kk)
+    # shift each neighbour's keys by one position, staying put at the key grid's border (the official clamp)
+    u, d, l, r = out[:, :, 1], out[:, :, 2], out[:, :, 3], out[:, :, 4]
+    u.add_((u < nk - wk).to(u.dtype).mul_(wk))             # above: one row down
+    d.sub_((d >= wk).to(d.dtype).mul_(wk))                 # below: one row up
+    l.add_((l % wk < wk - 1).to(l.dtype))                  # left: one column right
+    r.sub_((r % wk > 0).to(r.dtype))                       # right: one column left
+    return out.view(topk.shape[0], n, 5 * kk)
 
 
 def _gather_rows(table: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     """table (B, N, C), idx (B, n, M) -> (B, n, M, C)."""
     b, n_rows, c = table.shape
-    offset = (torch.arange(b, device=idx.device) * n_rows).view(b, 1, 1)
+    offset = (torch.arange(b, device=idx.device, dtype=idx.dtype) * n_rows).view(b, 1, 1)
     return table.reshape(b * n_rows, c).index_select(0, (idx + offset).reshape(-1)).view(*idx.shape, c)
 
 
@@ -163,6 +183,97 @@ def _contract_values(weights: torch.Tensor, vc: torch.Tensor, mode: str) -> torc
     return torch.sum(weights.squeeze(2).unsqueeze(-1) * vc, dim=-2).unsqueeze(2)
 
 
+def _sampled_dots(crow: torch.Tensor, col: torch.Tensor, rows: torch.Tensor, table_t: torch.Tensor) -> torch.Tensor:
+    """``rows[i] . table_t[:, col[i, j]]`` for every candidate: ``(R, M)``; rows ``(R, C)``, table_t ``(C, N)``,
+    col ``(R, M)``. One fused kernel (no candidate features are copied)."""
+    r, m = col.shape
+    if m > table_t.shape[1]:
+        # more candidates than keys (tiny grids): the sparse kernel needs nnz <= rows * columns
+        return torch.einsum("rc,rmc->rm", rows, table_t.t()[col])
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        pattern = torch.sparse_csr_tensor(crow, col.reshape(-1), torch.zeros(r * m, dtype=rows.dtype,
+                                          device=rows.device), size=(r, table_t.shape[1]), check_invariants=False)
+    return torch.sparse.sampled_addmm(pattern, rows, table_t, beta=0.0).values().view(r, m)
+
+
+def _per_query(candidates: CandidateFn, group: int, wq: int, device: torch.device) -> CandidateFn:
+    """A candidate function over query positions from one over groups (2x2 windows for ``group=4``)."""
+    if group == 1:
+        return candidates
+    wg = wq // 2
+
+    def fn(s, e):
+        lo = (s // wq // 2) * wg                      # the windows of the rows that [s, e) touches
+        hi = ((e - 1) // wq // 2 + 1) * wg
+        y, x = _decode(torch.arange(s, e, device=device), wq)
+        return candidates(lo, hi).index_select(1, (y // 2) * wg + x // 2 - lo)
+    return fn
+
+
+def _fused_sparse(q, k, v, candidates, q_gate, k_gate, m, scale, gate_scale, top_k, warp_values, warp_exclude,
+                  chunk, return_candidates) -> SparseAttentionResult:
+    """Inference path on the CPU (see the module docstring); ``candidates`` is over query positions."""
+    b, c, hq, wq = q.shape
+    hk, wk = k.shape[-2:]
+    nq, nk = hq * wq, hk * wk
+    dev, work = q.device, work_dtype(q)
+    cv = v.shape[1]
+    qr = rows_of(q, work)
+    kt = rows_of(k, work).view(b * nk, c).t()
+    gated = q_gate is not None
+    if gated:
+        qgr = rows_of(q_gate, work)
+        kgt = rows_of(k_gate, work).view(b * nk, -1).t()
+    vt = rows_of(v, work).view(b * nk, cv) if cv else None
+    wvt = rows_of(warp_values, work).view(b * nk, -1) if warp_values is not None else None
+    n_ret = m if return_candidates is True else min(int(return_candidates), m)
+    outs, confs, topks, cidx, cw, warps = [], [], [], [], [], []
+    offset = (torch.arange(b, device=dev) * nk).view(b, 1, 1)
+    for s, e in chunk_ranges(nq, chunk):
+        n = e - s
+        idx = candidates(s, e)                                              # (B, n, M) key-grid indices
+        col = (idx if b == 1 else idx + offset).reshape(b * n, m)          # rows of the (B*Nk) tables
+        crow = torch.arange(0, b * n * m + 1, m, device=dev)
+        logits = _sampled_dots(crow, col, qr[:, s:e].reshape(b * n, c), kt).div_(scale)
+        attn = torch.softmax(logits, dim=-1)
+        if top_k:
+            topks.append(idx.view(b * n, m).gather(-1, torch.topk(attn, top_k, dim=-1).indices).view(b, n, top_k))
+        gate = None
+        if gated:
+            gate = _sampled_dots(crow, col, qgr[:, s:e].reshape(b * n, -1), kgt).div_(gate_scale) > 0
+            kept = attn.mul_(gate)
+        else:
+            kept = attn
+        confs.append(kept.sum(-1).view(b, n))
+        if cv:
+            outs.append(F.embedding_bag(col, vt, mode="sum", per_sample_weights=kept).view(b, n, cv))
+        if return_candidates is True:
+            cidx.append(idx)
+            cw.append(kept.view(b, n, m))
+        elif return_candidates:
+            w_best, j = torch.topk(kept, n_ret, dim=-1)
+            cidx.append(idx.view(b * n, m).gather(-1, j).view(b, n, n_ret))
+            cw.append(w_best.view(b, n, n_ret))
+        if wvt is not None:
+            fill = gate if gate is not None else torch.ones_like(logits, dtype=torch.bool)
+            warp_attn = torch.softmax(warp_exclusion_fill(logits, fill, warp_exclude), dim=-1)
+            warps.append(F.embedding_bag(col, wvt, mode="sum", per_sample_weights=warp_attn).view(b, n, -1))
+
+    def joined(parts, dtype=None):       # one chunk: no copy
+        x = parts[0] if len(parts) == 1 else torch.cat(parts, 1)
+        return x if dtype is None else x.to(dtype)
+
+    def grid(x):                          # (B, Nq, X) rows -> (B, X, Hq, Wq) channels-last view
+        return x.view(b, hq, wq, x.shape[-1]).permute(0, 3, 1, 2)
+
+    output = grid(joined(outs, v.dtype)) if cv else torch.zeros(b, 0, hq, wq, dtype=v.dtype, device=dev)
+    return SparseAttentionResult(output, joined(confs, q.dtype).view(b, 1, hq, wq),
+                                 joined(topks) if top_k else None, joined(cidx) if cidx else None,
+                                 joined(cw, q.dtype) if cw else None,
+                                 grid(joined(warps, warp_values.dtype)) if warps else None)
+
+
 def sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, candidates: CandidateFn,
                      q_gate: Optional[torch.Tensor] = None, k_gate: Optional[torch.Tensor] = None, *,
                      num_candidates: int, group: int = 1, scale: Optional[float] = None,
@@ -177,7 +288,7 @@ def sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, candidat
     height and width and the groups are the windows in raster order.
 
     Args:
-        q: ``(B, C, Hq, Wq)``; k: ``(B, C, Hk, Wk)``; v: ``(B, Cv, Hk, Wk)``.
+        q: ``(B, C, Hq, Wq)``; k: ``(B, C, Hk, Wk)``; v: ``(B, Cv, Hk, Wk)`` (``Cv`` may be 0: no output).
         candidates: ``fn(start, end) -> (B, end - start, M)`` flat key indices for a range of groups.
         q_gate, k_gate: ``(B, D, Hq, Wq)`` / ``(B, D, Hk, Wk)`` or None.
         num_candidates: M, used to size chunks.
@@ -190,13 +301,20 @@ def sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, candidat
             with the largest gated weight per query (for a compact correspondence); False: none.
 
     Returns:
-        :class:`SparseAttentionResult` (per query, raster order of ``q``).
+        :class:`SparseAttentionResult` (per query, raster order of ``q``). ``output`` and ``warped`` may be
+        channels-last views.
     """
     b, c, hq, wq = q.shape
     cv = v.shape[1]
     if scale is None:
         scale = math.sqrt(c)
     mode = "matmul" if group == 4 else "sum"
+    if q.device.type == "cpu" and not needs_autograd(q, k, v, q_gate, k_gate, warp_values):
+        # per query: logits, softmax, gate, kept weights (work dtype), two index tensors, plus row copies
+        per_query = b * (num_candidates * 40 + 8 * (c + (q_gate.shape[1] if q_gate is not None else 0)))
+        chunk = resolve_chunk_size(hq * wq, per_query, query_chunk_size, memory_budget)
+        return _fused_sparse(q, k, v, _per_query(candidates, group, wq, q.device), q_gate, k_gate, num_candidates,
+                             scale, gate_scale, top_k, warp_values, warp_exclude, chunk, return_candidates)
 
     def grouped(x):  # (B, C, Hq, Wq) -> (B, Ng, G, C)
         if group == 1:
@@ -211,14 +329,15 @@ def sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, candidat
         bb, _, _, xx = x.shape
         return x.view(bb, hq // 2, wq // 2, 2, 2, xx).permute(0, 1, 3, 2, 4, 5).reshape(bb, hq * wq, xx)
 
+    work = work_dtype(q)
     qg = grouped(q)
     ng = qg.shape[1]
     # (B, N, C) row tables, contiguous once so that every chunk's gather is a plain row lookup
-    kf = k.flatten(2).transpose(1, 2).contiguous()
-    vf = v.flatten(2).transpose(1, 2).contiguous()
+    kf = rows_of(k)
+    vf = rows_of(v)
     qgg = grouped(q_gate) if q_gate is not None else None
-    kgf = k_gate.flatten(2).transpose(1, 2).contiguous() if k_gate is not None else None
-    wvf = warp_values.flatten(2).transpose(1, 2).contiguous() if warp_values is not None else None
+    kgf = rows_of(k_gate) if k_gate is not None else None
+    wvf = rows_of(warp_values) if warp_values is not None else None
 
     width = c + cv + (q_gate.shape[1] if q_gate is not None else 0)
     width += warp_values.shape[1] if warp_values is not None else 0
@@ -229,31 +348,32 @@ def sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, candidat
     outs, confs, topks, cidx, cw, warps = [], [], [], [], [], []
     for s, e in chunk_ranges(ng, chunk):
         idx = candidates(s, e)                                            # (B, n, M)
-        logits = _contract_keys(qg[:, s:e], _gather_rows(kf, idx), mode) / scale   # (B, n, G, M)
+        # logits and weights in the work dtype (float32 for half inputs); the products in the input dtype
+        logits = _contract_keys(qg[:, s:e], _gather_rows(kf, idx), mode).to(work) / scale   # (B, n, G, M)
         attn = torch.softmax(logits, dim=-1)
         if qgg is not None:
-            gate = hard_gate(_contract_keys(qgg[:, s:e], _gather_rows(kgf, idx), mode) / gate_scale)
+            gate = hard_gate(_contract_keys(qgg[:, s:e], _gather_rows(kgf, idx), mode).to(work) / gate_scale)
             kept = gate * attn
         else:
             gate = None
             kept = attn
-        outs.append(_contract_values(kept, _gather_rows(vf, idx), mode))
-        confs.append(kept.sum(-1))
+        outs.append(_contract_values(kept.to(v.dtype), _gather_rows(vf, idx), mode))
+        confs.append(kept.sum(-1).to(q.dtype))
         full_idx = idx.unsqueeze(2).expand(-1, -1, group, -1)
         if return_candidates is True:
             cidx.append(full_idx)
-            cw.append(kept)
+            cw.append(kept.to(q.dtype))
         elif return_candidates:
             w_best, j = torch.topk(kept, min(int(return_candidates), kept.shape[-1]), dim=-1)
             cidx.append(full_idx.gather(-1, j))
-            cw.append(w_best)
+            cw.append(w_best.to(q.dtype))
         if top_k:
             _, best = torch.topk(attn, top_k, dim=-1)
             topks.append(full_idx.gather(-1, best))
         if wvf is not None:
             fill = gate if gate is not None else torch.ones_like(logits)
             warp_attn = torch.softmax(warp_exclusion_fill(logits, fill, warp_exclude), dim=-1)
-            warps.append(_contract_values(warp_attn, _gather_rows(wvf, idx), mode))
+            warps.append(_contract_values(warp_attn.to(wvf.dtype), _gather_rows(wvf, idx), mode))
 
     output = ungrouped(torch.cat(outs, 1)).transpose(1, 2).reshape(b, cv, hq, wq)
     confidence = ungrouped(torch.cat(confs, 1).unsqueeze(-1)).reshape(b, 1, hq, wq)

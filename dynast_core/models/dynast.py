@@ -39,6 +39,7 @@ import torch.nn.functional as F
 
 from ..checkpoints import (CheckpointError, describe_state_dict, fold_spectral_norm, read_state_dict,
                            save_safetensors, strip_prefix, check_shapes)
+from ..attention._inference import work_dtype
 from ..correspondence import Correspondence
 from .blocks import DenseTransformerBlock, FeatureGenerator, SPADEResnetBlock, SparseTransformerBlock
 
@@ -240,7 +241,9 @@ class DynaSTGenerator(nn.Module):
         if exemplar.shape[0] == 1 and b > 1:
             exemplar, exemplar_label = exemplar.expand(b, -1, -1, -1), exemplar_label.expand(b, -1, -1, -1)
         if exemplar.shape[-2:] != (h, w):
-            exemplar = F.interpolate(exemplar, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
+            # antialiased resampling has no half-precision CPU kernel: resample in float32
+            exemplar = F.interpolate(exemplar.to(work_dtype(exemplar)), size=(h, w), mode="bilinear",
+                                     align_corners=False, antialias=True).to(exemplar.dtype)
             exemplar_label = F.interpolate(exemplar_label, size=(h, w), mode="nearest")
         ph, pw = (-h) % 8, (-w) % 8
         if ph or pw:
@@ -248,12 +251,24 @@ class DynaSTGenerator(nn.Module):
             label, exemplar, exemplar_label = pad(label), pad(exemplar), pad(exemplar_label)
         return label, exemplar, exemplar_label, (h, w)
 
-    def position_embedding(self, size) -> torch.Tensor:
-        """The position embedding on a ``size`` 1/8 grid (resampled when it differs from the stored one)."""
-        pos = self.pos_embed
+    def position_embedding(self, size, like: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The position embedding ``(1, P, h, w)`` on a ``size`` 1/8 grid (resampled when it differs from the
+        stored one), on the device and in the dtype of ``like`` when given (the parameter itself may have
+        been left elsewhere by a low-VRAM host)."""
+        pos = self.pos_embed if like is None else self.pos_embed.to(like)
         if tuple(pos.shape[-2:]) != tuple(size):
             pos = F.interpolate(pos, size=tuple(size), mode="bilinear", align_corners=False)
+        if like is not None and like.is_contiguous(memory_format=torch.channels_last):
+            pos = pos.contiguous(memory_format=torch.channels_last)
         return pos
+
+    @staticmethod
+    def _resized(cache: dict, seg: torch.Tensor, size) -> torch.Tensor:
+        """``seg`` resized (nearest, as SPADE does) to ``size``, computed once per size."""
+        size = tuple(size)
+        if size not in cache:
+            cache[size] = seg if tuple(seg.shape[-2:]) == size else F.interpolate(seg, size)
+        return cache[size]
 
     # ------------------------------------------------------------------ match / decode
     def match(self, label: torch.Tensor, exemplar: torch.Tensor, exemplar_label: torch.Tensor, *,
@@ -271,36 +286,54 @@ class DynaSTGenerator(nn.Module):
             raise ValueError(f"top_k must be at least 1, got {top_k}")
         label, exemplar, exemplar_label, size = self.prepare(label, exemplar, exemplar_label)
         ref = torch.cat([exemplar, exemplar_label], 1)
+        fast = not torch.is_grad_enabled()
+        if fast:
+            # inference: every activation channels-last from here on (the convolutions' native layout on the
+            # CPU, a contiguous channel reduction for the norms, and the attention's row layout for free)
+            label = label.contiguous(memory_format=torch.channels_last)
+            ref = ref.contiguous(memory_format=torch.channels_last)
+        segs_q: dict = {}
+        segs_kv: dict = {}
         q_prev = dict(zip((4, 3, 2, 1), self.encoder_q(label)))
         kv_prev = dict(zip((4, 3, 2, 1), self.encoder_kv(ref)))
         features, corrs, confs, warped = {}, {}, {}, []
         topk = q = kv = pos = None
         for s in (4, 3, 2, 1):
             if s == 4:
-                q = self.embed_q4(q_prev[4], label)
-                kv = self.embed_kv4(kv_prev[4], ref)
-                pos = self.position_embedding(q.shape[-2:])
+                grid = q_prev[4].shape[-2:]
+                q = self.embed_q4(q_prev.pop(4), self._resized(segs_q, label, grid))
+                kv = self.embed_kv4(kv_prev.pop(4), self._resized(segs_kv, ref, grid))
+                pos = self.position_embedding(q.shape[-2:], q)
             else:
-                q = getattr(self, f"embed_q{s}")(getattr(self, f"decoder_q{s + 1}{s}")(q) + q_prev[s], label)
-                kv = getattr(self, f"embed_kv{s}")(getattr(self, f"decoder_kv{s + 1}{s}")(kv) + kv_prev[s], ref)
+                dq = getattr(self, f"decoder_q{s + 1}{s}")(q)
+                dq = dq.add_(q_prev.pop(s)) if fast else dq + q_prev.pop(s)
+                q = getattr(self, f"embed_q{s}")(dq, self._resized(segs_q, label, dq.shape[-2:]))
+                dkv = getattr(self, f"decoder_kv{s + 1}{s}")(kv)
+                dkv = dkv.add_(kv_prev.pop(s)) if fast else dkv + kv_prev.pop(s)
+                kv = getattr(self, f"embed_kv{s}")(dkv, self._resized(segs_kv, ref, dkv.shape[-2:]))
+                del dq, dkv
                 pos = getattr(self, f"pos_{s + 1}{s}")(pos)
             wv = F.avg_pool2d(exemplar, 2 ** (s - 1)) if warp_exemplar and s > 1 else (exemplar if warp_exemplar
                                                                                        else None)
             x = q
+            seg = self._resized(segs_q, label, q.shape[-2:])
             blocks = getattr(self, f"transformer_{s}")
+            key = blocks[0].embed(kv, pos) if fast else None        # the same for every block of the scale
             for i, block in enumerate(blocks):
                 last = i == len(blocks) - 1
                 if s == 4:
-                    out = block(x, kv, kv, pos, label, top_k=k_carry if last else 0, warp_values=wv,
-                                warp_exclude=warp_exclude, query_chunk_size=query_chunk_size)
+                    out = block(x, kv, kv, pos, seg, top_k=k_carry if last else 0, warp_values=wv,
+                                warp_exclude=warp_exclude, query_chunk_size=query_chunk_size, key=key)
                 else:
-                    out = block(x, kv, kv, pos, label, topk, need_topk=not (s == 1 and last), warp_values=wv,
-                                warp_exclude=warp_exclude, query_chunk_size=query_chunk_size)
+                    out = block(x, kv, kv, pos, seg, topk, need_topk=not (s == 1 and last), warp_values=wv,
+                                warp_exclude=warp_exclude, query_chunk_size=query_chunk_size, key=key,
+                                need_candidates=last)
                 x = out.features
                 if out.topk is not None:
                     topk = out.topk
                 if out.warped is not None:
                     warped.append(out.warped)
+            del key
             grid = tuple(x.shape[-2:])
             corr = Correspondence(out.candidates, out.weights, grid, grid, out.confidence)
             unpadded = (-(-size[0] // 2 ** (s - 1)), -(-size[1] // 2 ** (s - 1)))
@@ -313,13 +346,17 @@ class DynaSTGenerator(nn.Module):
 
     def decode(self, m: DynaSTMatch) -> torch.Tensor:
         """The synthesis path on a :class:`DynaSTMatch`: ``(B, 3, H, W)`` in [-1, 1] (padding cropped)."""
+        fast = not torch.is_grad_enabled()
+        segs: dict = {}
         x = m.features[4]
         for s in (3, 2, 1):
             x = getattr(self, f"decoder_{s + 1}{s}")(x)
+            x = x.add_(m.features[s]) if fast else x + m.features[s]
             embed = self.embed_q1 if s == 1 else getattr(self, f"embed_{s}")   # official: embed_q1, not embed_1
-            x = embed(x + m.features[s], m.label)
+            x = embed(x, self._resized(segs, m.label, x.shape[-2:]))
         h, w = m.size
-        return self.decoder_10(x)[..., :h, :w]
+        out = self.decoder_10(x)[..., :h, :w]
+        return out.contiguous() if fast else out
 
     def forward(self, label: torch.Tensor, exemplar: torch.Tensor, exemplar_label: torch.Tensor,
                 **kwargs) -> DynaSTOutput:
@@ -347,7 +384,8 @@ def load_dynast(path_or_state_dict: Union[str, os.PathLike, Mapping[str, torch.T
     """Load a DynaST generator: the official ``latest_net_G.pth`` (raw state_dict, optional ``module.``
     prefix, read with ``weights_only=True``), our ``.safetensors`` (config in its metadata) or a state dict.
 
-    The config is taken from the file's metadata, else inferred from the tensors, unless given.
+    The config is taken from the file's metadata, else inferred from the tensors, unless given. The model is
+    returned in eval mode with its 4-D weights in channels-last memory format (inference runs channels-last).
 
     Raises:
         CheckpointError: not a DynaST generator (the message says what the file looks like), truncated,
@@ -377,7 +415,9 @@ def load_dynast(path_or_state_dict: Union[str, os.PathLike, Mapping[str, torch.T
                               f"{missing[:2]}; {len(unexpected)} unexpected, e.g. {unexpected[:2]})")
     check_shapes(want, sd, source)
     model.load_state_dict(sd, strict=True)
-    return model.eval().to(device=device or "cpu")
+    # convolution weights laid out channels-last, as inference lays out its activations (no per-call weight
+    # reordering); values, keys and parameter objects are unchanged
+    return model.eval().to(device=device or "cpu", memory_format=torch.channels_last)
 
 
 def save_dynast_safetensors(model: DynaSTGenerator, path) -> Path:
