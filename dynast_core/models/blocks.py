@@ -25,8 +25,8 @@ import torch.nn.functional as F
 from ..attention import dynamic_attention, inner_scale_sparse_attention, inter_scale_sparse_attention
 from ..attention._inference import work_dtype
 
-__all__ = ["positional_norm2d", "feature_normalize", "instance_norm2d", "PReLU", "SPADE", "ResidualBlock",
-           "SPADEResnetBlock", "FeatureGenerator", "DenseTransformerBlock", "SparseTransformerBlock", "BlockOutput"]
+__all__ = ["positional_norm2d", "feature_normalize", "instance_norm2d", "reflect_pad1", "conv_padded", "PReLU",
+           "SPADE", "ResidualBlock", "SPADEResnetBlock", "FeatureGenerator", "DenseTransformerBlock", "SparseTransformerBlock", "BlockOutput"]
 
 
 def _inference() -> bool:
@@ -85,6 +85,30 @@ def _conv3(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
     return nn.Conv2d(cin, cout, (3, 3), (stride, stride), 1, padding_mode="reflect")
 
 
+def reflect_pad1(x: torch.Tensor) -> torch.Tensor:
+    """``x`` reflection-padded by one pixel on each side: the input a 3x3 ``padding_mode="reflect"``
+    convolution actually convolves. Padded once, it can feed several convolutions (see :func:`conv_padded`)."""
+    return F.pad(x, (1, 1, 1, 1), mode="reflect")
+
+
+def _plain(conv: nn.Module) -> bool:
+    """A plain 3x3 reflect-padded ``nn.Conv2d`` without hooks: calling ``F.conv2d`` on its padded input is
+    exactly what its forward does. A host may swap in a weight-casting subclass (ComfyUI) or add hooks
+    (spectral norm): those are always called as modules."""
+    from torch.nn.modules import module as m
+    return (type(conv) is nn.Conv2d and conv.padding_mode == "reflect" and conv.padding == (1, 1)
+            and not conv._forward_hooks and not conv._forward_pre_hooks
+            and not m._global_forward_hooks and not m._global_forward_pre_hooks)
+
+
+def conv_padded(conv: nn.Conv2d, x: torch.Tensor, x_padded: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``conv(x)``, convolving ``x_padded`` (:func:`reflect_pad1` of ``x``) directly when it is given and
+    ``conv`` is plain, so a padded input is shared instead of being padded again by every convolution."""
+    if x_padded is not None and _plain(conv):
+        return F.conv2d(x_padded, conv.weight, conv.bias, conv.stride, 0, conv.dilation, conv.groups)
+    return conv(x)
+
+
 class PReLU(nn.PReLU):
     """:class:`torch.nn.PReLU` (same state-dict key ``weight``) whose weight is cast to the input's device
     and dtype where used. :meth:`inplace` is the inference form (overwrites its input)."""
@@ -105,7 +129,9 @@ class SPADE(nn.Module):
     """``(1 + gamma(seg)) * positional_norm(x) + beta(seg)``; ``seg`` resized (nearest) to ``x``.
 
     Args (forward):
-        x: ``(B, dim, H, W)``; seg: ``(B, ic, h, w)`` (resized to ``(H, W)`` unless already that size).
+        x: ``(B, dim, H, W)``; seg: ``(B, ic, h, w)`` (resized to ``(H, W)`` unless already that size);
+        seg_padded: optional :func:`reflect_pad1` of ``seg`` at ``(H, W)`` (inference: shared by the SPADEs
+        of a scale instead of padding the label for each).
 
     Returns:
         ``(B, dim, H, W)``.
@@ -117,14 +143,22 @@ class SPADE(nn.Module):
         self.mlp_gamma = _conv3(dim, dim)
         self.mlp_beta = _conv3(dim, dim)
 
-    def forward(self, x: torch.Tensor, seg: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, seg: torch.Tensor, seg_padded: Optional[torch.Tensor] = None) -> torch.Tensor:
         if seg.shape[-2:] != x.shape[-2:]:
-            seg = F.interpolate(seg, x.shape[-2:])
+            seg, seg_padded = F.interpolate(seg, x.shape[-2:]), None
         if not _inference():
             hidden = self.mlp_shared(seg)
             return (1 + self.mlp_gamma(hidden)) * positional_norm2d(x) + self.mlp_beta(hidden)
-        hidden = F.relu_(self.mlp_shared[0](seg))
-        gamma, beta = self.mlp_gamma(hidden), self.mlp_beta(hidden)
+        hidden = conv_padded(self.mlp_shared[0], seg, seg_padded)
+        if _plain(self.mlp_gamma) and _plain(self.mlp_beta):
+            # gamma and beta convolve the same padded hidden map (ReLU commutes with reflection padding)
+            hidden_padded = F.relu_(reflect_pad1(hidden))
+            gamma = conv_padded(self.mlp_gamma, None, hidden_padded)
+            beta = conv_padded(self.mlp_beta, None, hidden_padded)
+            del hidden_padded
+        else:
+            hidden = F.relu_(hidden)
+            gamma, beta = self.mlp_gamma(hidden), self.mlp_beta(hidden)
         del hidden
         d, rstd = _centred(x, 1e-8)
         work = d.dtype
@@ -162,13 +196,13 @@ class SPADEResnetBlock(nn.Module):
         self.norm_1 = SPADE(dim, ic)
         self.relu = PReLU()
 
-    def forward(self, x: torch.Tensor, seg: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, seg: torch.Tensor, seg_padded: Optional[torch.Tensor] = None) -> torch.Tensor:
         if not _inference():
             dx = self.conv_0(self.relu(self.norm_0(x, seg)))
             dx = self.conv_1(self.relu(self.norm_1(dx, seg)))
             return self.relu(x + dx)
-        dx = self.conv_0(self.relu.inplace(self.norm_0(x, seg)))
-        dx = self.conv_1(self.relu.inplace(self.norm_1(dx, seg)))
+        dx = self.conv_0(self.relu.inplace(self.norm_0(x, seg, seg_padded)))
+        dx = self.conv_1(self.relu.inplace(self.norm_1(dx, seg, seg_padded)))
         return self.relu.inplace(dx.add_(x))
 
 
@@ -268,12 +302,12 @@ class _TransformerBlock(nn.Module):
         key = self.embed(k, pos) if key is None else key     # exemplar and target share the grid
         return self.f(query), self.g(key), self.h(v), self.f_prune(query), self.g_prune(key)
 
-    def _finish(self, q, seg, attn_out, conf):
+    def _finish(self, q, seg, attn_out, conf, seg_padded=None):
         if not _inference():
             y = positional_norm2d(attn_out + (1 - conf) * self.spade(q, seg) + q)
             return self.res_block(y)
         # the same sums in the same order, accumulated in the fresh SPADE output
-        y = self.spade(q, seg).mul_(1 - conf).add_(attn_out).add_(q)
+        y = self.spade(q, seg, seg_padded).mul_(1 - conf).add_(attn_out).add_(q)
         return self.res_block(positional_norm2d(y, inplace=True))
 
 
@@ -283,16 +317,17 @@ class DenseTransformerBlock(_TransformerBlock):
 
     Args (forward): q ``(B, C, H, W)`` target features, k, v ``(B, C, Hk, Wk)`` exemplar features, pos
     ``(1 or B, P, H, W)``, seg ``(B, L, h, w)`` the target label; ``key``: :meth:`embed` of ``(k, pos)`` if
-    already computed.
+    already computed; ``seg_padded``: see :class:`SPADE`.
     """
 
     def forward(self, q, k, v, pos, seg, top_k: int = 0, warp_values=None, warp_exclude="kept",
-                query_chunk_size: Optional[int] = None, key: Optional[torch.Tensor] = None) -> BlockOutput:
+                query_chunk_size: Optional[int] = None, key: Optional[torch.Tensor] = None,
+                seg_padded: Optional[torch.Tensor] = None) -> BlockOutput:
         fq, gk, hv, fp, gp = self._inputs(q, k, v, pos, key)
         r = dynamic_attention(fq, gk, hv, fp, gp, top_k=top_k, warp_values=warp_values,
                               warp_exclude=warp_exclude, query_chunk_size=query_chunk_size)
         del fq, gk, hv, fp, gp
-        return BlockOutput(self._finish(q, seg, r.output, r.confidence), r.topk_indices, r.confidence,
+        return BlockOutput(self._finish(q, seg, r.output, r.confidence, seg_padded), r.topk_indices, r.confidence,
                            r.topk_indices, r.topk_weights, r.warped)
 
 
@@ -310,12 +345,12 @@ class SparseTransformerBlock(_TransformerBlock):
 
     def forward(self, q, k, v, pos, seg, prev_topk, need_topk: bool = True, warp_values=None,
                 warp_exclude="kept", query_chunk_size: Optional[int] = None, key: Optional[torch.Tensor] = None,
-                need_candidates: bool = True) -> BlockOutput:
+                need_candidates: bool = True, seg_padded: Optional[torch.Tensor] = None) -> BlockOutput:
         fq, gk, hv, fp, gp = self._inputs(q, k, v, pos, key)
         op = inter_scale_sparse_attention if self.inter_scale else inner_scale_sparse_attention
         r = op(fq, gk, hv, prev_topk, fp, gp, scale=self.smooth, return_topk=need_topk,
                warp_values=warp_values, warp_exclude=warp_exclude, query_chunk_size=query_chunk_size,
                return_candidates=need_candidates)
         del fq, gk, hv, fp, gp
-        return BlockOutput(self._finish(q, seg, r.output, r.confidence), r.topk_indices, r.confidence,
+        return BlockOutput(self._finish(q, seg, r.output, r.confidence, seg_padded), r.topk_indices, r.confidence,
                            r.candidate_indices, r.candidate_weights, r.warped)

@@ -39,9 +39,10 @@ import torch.nn.functional as F
 
 from ..checkpoints import (CheckpointError, describe_state_dict, fold_spectral_norm, read_state_dict,
                            save_safetensors, strip_prefix, check_shapes)
+from .._heap import reuse_freed_memory
 from ..attention._inference import work_dtype
 from ..correspondence import Correspondence
-from .blocks import DenseTransformerBlock, FeatureGenerator, SPADEResnetBlock, SparseTransformerBlock
+from .blocks import DenseTransformerBlock, FeatureGenerator, SPADEResnetBlock, SparseTransformerBlock, reflect_pad1
 
 __all__ = ["DynaSTConfig", "DYNAST_PRESETS", "dynast_config", "infer_dynast_config", "DynaSTGenerator",
            "DynaSTMatch", "DynaSTOutput", "load_dynast", "convert_dynast_checkpoint", "save_dynast_safetensors",
@@ -178,6 +179,12 @@ class DynaSTOutput:
     match: DynaSTMatch
 
 
+def _cpu_inference_heap(x):
+    """Inference on the CPU reuses freed memory instead of faulting fresh pages in (see :mod:`.._heap`)."""
+    return reuse_freed_memory(enabled=not torch.is_grad_enabled() and isinstance(x, torch.Tensor)
+                              and x.device.type == "cpu")
+
+
 def _up_conv(cin, cout, act):
     return nn.Sequential(nn.Upsample(scale_factor=2, mode="bilinear", align_corners=True),
                          nn.Conv2d(cin, cout, (3, 3), (1, 1), 1, padding_mode="reflect"), act)
@@ -270,6 +277,18 @@ class DynaSTGenerator(nn.Module):
             cache[size] = seg if tuple(seg.shape[-2:]) == size else F.interpolate(seg, size)
         return cache[size]
 
+    @staticmethod
+    def _segs(cache: dict, seg: torch.Tensor, size, fast: bool):
+        """``(seg at size, its reflection padding or None)``: inference pads the label once per scale for all
+        the SPADE convolutions that read it."""
+        resized = DynaSTGenerator._resized(cache, seg, size)
+        if not fast:
+            return resized, None
+        key = ("padded",) + tuple(size)
+        if key not in cache:
+            cache[key] = reflect_pad1(resized)
+        return resized, cache[key]
+
     # ------------------------------------------------------------------ match / decode
     def match(self, label: torch.Tensor, exemplar: torch.Tensor, exemplar_label: torch.Tensor, *,
               warp_exemplar: bool = False, warp_exclude: str = "kept", query_chunk_size: Optional[int] = None,
@@ -280,10 +299,15 @@ class DynaSTGenerator(nn.Module):
         to each scale, warped by each block's attention); ``top_k`` overrides the configured number of
         candidates carried between scales; ``progress(step, 4)`` is called per scale.
         """
-        cfg = self.config
-        k_carry = cfg.top_k if top_k is None else int(top_k)
+        k_carry = self.config.top_k if top_k is None else int(top_k)
         if k_carry < 1:
             raise ValueError(f"top_k must be at least 1, got {top_k}")
+        with _cpu_inference_heap(label):
+            return self._match(label, exemplar, exemplar_label, warp_exemplar, warp_exclude, query_chunk_size,
+                               k_carry, progress)
+
+    def _match(self, label, exemplar, exemplar_label, warp_exemplar, warp_exclude, query_chunk_size, k_carry,
+               progress) -> DynaSTMatch:
         label, exemplar, exemplar_label, size = self.prepare(label, exemplar, exemplar_label)
         ref = torch.cat([exemplar, exemplar_label], 1)
         fast = not torch.is_grad_enabled()
@@ -301,33 +325,36 @@ class DynaSTGenerator(nn.Module):
         for s in (4, 3, 2, 1):
             if s == 4:
                 grid = q_prev[4].shape[-2:]
-                q = self.embed_q4(q_prev.pop(4), self._resized(segs_q, label, grid))
-                kv = self.embed_kv4(kv_prev.pop(4), self._resized(segs_kv, ref, grid))
+                q = self.embed_q4(q_prev.pop(4), *self._segs(segs_q, label, grid, fast))
+                kv = self.embed_kv4(kv_prev.pop(4), *self._segs(segs_kv, ref, grid, fast))
                 pos = self.position_embedding(q.shape[-2:], q)
             else:
+                segs_q.clear()                                # the label at the previous scale is done
                 dq = getattr(self, f"decoder_q{s + 1}{s}")(q)
                 dq = dq.add_(q_prev.pop(s)) if fast else dq + q_prev.pop(s)
-                q = getattr(self, f"embed_q{s}")(dq, self._resized(segs_q, label, dq.shape[-2:]))
+                q = getattr(self, f"embed_q{s}")(dq, *self._segs(segs_q, label, dq.shape[-2:], fast))
                 dkv = getattr(self, f"decoder_kv{s + 1}{s}")(kv)
                 dkv = dkv.add_(kv_prev.pop(s)) if fast else dkv + kv_prev.pop(s)
-                kv = getattr(self, f"embed_kv{s}")(dkv, self._resized(segs_kv, ref, dkv.shape[-2:]))
+                kv = getattr(self, f"embed_kv{s}")(dkv, *self._segs(segs_kv, ref, dkv.shape[-2:], fast))
                 del dq, dkv
                 pos = getattr(self, f"pos_{s + 1}{s}")(pos)
+                segs_kv.clear()                               # the exemplar's label is read once per scale
             wv = F.avg_pool2d(exemplar, 2 ** (s - 1)) if warp_exemplar and s > 1 else (exemplar if warp_exemplar
                                                                                        else None)
             x = q
-            seg = self._resized(segs_q, label, q.shape[-2:])
+            seg, seg_padded = self._segs(segs_q, label, q.shape[-2:], fast)
             blocks = getattr(self, f"transformer_{s}")
             key = blocks[0].embed(kv, pos) if fast else None        # the same for every block of the scale
             for i, block in enumerate(blocks):
                 last = i == len(blocks) - 1
                 if s == 4:
                     out = block(x, kv, kv, pos, seg, top_k=k_carry if last else 0, warp_values=wv,
-                                warp_exclude=warp_exclude, query_chunk_size=query_chunk_size, key=key)
+                                warp_exclude=warp_exclude, query_chunk_size=query_chunk_size, key=key,
+                                seg_padded=seg_padded)
                 else:
                     out = block(x, kv, kv, pos, seg, topk, need_topk=not (s == 1 and last), warp_values=wv,
                                 warp_exclude=warp_exclude, query_chunk_size=query_chunk_size, key=key,
-                                need_candidates=last)
+                                need_candidates=last, seg_padded=seg_padded)
                 x = out.features
                 if out.topk is not None:
                     topk = out.topk
@@ -346,6 +373,10 @@ class DynaSTGenerator(nn.Module):
 
     def decode(self, m: DynaSTMatch) -> torch.Tensor:
         """The synthesis path on a :class:`DynaSTMatch`: ``(B, 3, H, W)`` in [-1, 1] (padding cropped)."""
+        with _cpu_inference_heap(m.label):
+            return self._decode(m)
+
+    def _decode(self, m: DynaSTMatch) -> torch.Tensor:
         fast = not torch.is_grad_enabled()
         segs: dict = {}
         x = m.features[4]
@@ -353,15 +384,16 @@ class DynaSTGenerator(nn.Module):
             x = getattr(self, f"decoder_{s + 1}{s}")(x)
             x = x.add_(m.features[s]) if fast else x + m.features[s]
             embed = self.embed_q1 if s == 1 else getattr(self, f"embed_{s}")   # official: embed_q1, not embed_1
-            x = embed(x, self._resized(segs, m.label, x.shape[-2:]))
+            x = embed(x, *self._segs(segs, m.label, x.shape[-2:], fast))
         h, w = m.size
         out = self.decoder_10(x)[..., :h, :w]
         return out.contiguous() if fast else out
 
     def forward(self, label: torch.Tensor, exemplar: torch.Tensor, exemplar_label: torch.Tensor,
                 **kwargs) -> DynaSTOutput:
-        m = self.match(label, exemplar, exemplar_label, **kwargs)
-        return DynaSTOutput(self.decode(m), m.correspondence, m.confidence, m)
+        with _cpu_inference_heap(label):
+            m = self.match(label, exemplar, exemplar_label, **kwargs)
+            return DynaSTOutput(self.decode(m), m.correspondence, m.confidence, m)
 
 
 # ---------------------------------------------------------------------------------------------- loading
