@@ -195,11 +195,14 @@ def distributed_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, 
     _check(q, k, v, region, heads)
     kp, _ = pad_to_multiple(k, region)
     vp, _ = pad_to_multiple(v, region)
+    if _SDPA_SCALE and not _needs_grad(q, k, v, sim_alpha, sim_beta):
+        k_tok, v_tok = _aggregate_tokens(_region_rows(kp, region, heads), _region_rows(vp, region, heads),
+                                         region * region, sim_alpha, sim_beta)
+        del kp, vp
+        return _distributed_fused(q, k_tok, v_tok, heads, scale, query_chunk_size, memory_budget)
     k_agg, v_agg = aggregate_region_keys(to_regions(kp, region, heads), to_regions(vp, region, heads),
                                          sim_alpha, sim_beta)                   # (B, h, d, n), (B, h, dv, n)
     del kp, vp
-    if _SDPA_SCALE and not _needs_grad(q, k, v, sim_alpha, sim_beta):
-        return _distributed_fused(q, k_agg, v_agg, heads, scale, query_chunk_size, memory_budget)
     b, c, hq, wq = q.shape
     cv = v.shape[1]
     n_k = k_agg.shape[-1]
@@ -219,25 +222,45 @@ def distributed_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, 
     return out.permute(0, 1, 3, 2).reshape(b, cv, hq, wq).to(q.dtype)
 
 
-def _distributed_fused(q: torch.Tensor, k_agg: torch.Tensor, v_agg: torch.Tensor, heads: int, scale: float,
+def _aggregate_tokens(k_rows: torch.Tensor, v_rows: torch.Tensor, r: int, sim_alpha, sim_beta
+                      ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """:func:`aggregate_region_keys` on region rows, as batched products (inference path).
+
+    ``k_rows`` ``(B, h, n, d*r)``, ``v_rows`` ``(B, h, n, dv*r)`` (channels outer, positions inner) ->
+    aggregated keys ``(B, h, n, d)`` and values ``(B, h, n, dv)``, computed in float32 for half inputs and
+    cast back.
+    """
+    dtype = _compute_dtype(k_rows)
+    b, h, n = k_rows.shape[:3]
+    d, dv = k_rows.shape[3] // r, v_rows.shape[3] // r
+    keys = k_rows.to(dtype).view(b * h * n, d, r)
+    values = v_rows.to(dtype).view(b * h * n, dv, r)
+    alpha, beta = _as_compute(sim_alpha, keys, dtype), _as_compute(sim_beta, keys, dtype)
+    k_center = keys.mean(-1, keepdim=True).transpose(1, 2)                      # (Bhn, 1, d)
+    sim = torch.sigmoid(beta + alpha * torch.bmm(k_center, keys))             # (Bhn, 1, r)
+    k_agg = torch.baddbmm(k_center, sim, keys.transpose(1, 2)).div_(r + 1)
+    v_agg = torch.baddbmm(values.mean(-1).unsqueeze(1), sim, values.transpose(1, 2)).div_(r + 1)
+    return k_agg.view(b, h, n, d).to(k_rows.dtype), v_agg.view(b, h, n, dv).to(v_rows.dtype)
+
+
+def _distributed_fused(q: torch.Tensor, k_tok: torch.Tensor, v_tok: torch.Tensor, heads: int, scale: float,
                        query_chunk_size: Optional[int], memory_budget: Optional[int]) -> torch.Tensor:
     """Inference path of :func:`distributed_attention` after the key aggregation.
 
-    ``q`` ``(B, C, Hq, Wq)``, ``k_agg`` ``(B, h, d, n)``, ``v_agg`` ``(B, h, dv, n)`` -> ``(B, Cv, Hq, Wq)``.
-    Fused softmax attention (on CPU a flash kernel that keeps its logits and softmax in float32 for every
-    input dtype); where ``d != dv`` the heads are zero-padded to one width (zeros add nothing to the logits,
-    the padded value channels are dropped).
+    ``q`` ``(B, C, Hq, Wq)``, aggregated ``k_tok`` ``(B, h, n, d)`` and ``v_tok`` ``(B, h, n, dv)`` ->
+    ``(B, Cv, Hq, Wq)``. Fused softmax attention (on CPU a flash kernel that keeps its logits and softmax in
+    float32 for every input dtype); where ``d != dv`` the heads are zero-padded to one width (zeros add
+    nothing to the logits, the padded value channels are dropped).
     """
     b, c, hq, wq = q.shape
-    d, n_k = k_agg.shape[2:]
-    dv = v_agg.shape[2]
+    n_k, d = k_tok.shape[2:]
+    dv = v_tok.shape[3]
     cv = heads * dv
     nq = hq * wq
     width = d if d == dv else -(-max(d, dv) // 8) * 8
     dtype = q.dtype
     qt = q.reshape(b, heads, d, nq).transpose(-1, -2)                           # (B, h, Nq, d) view
-    kt = k_agg.to(dtype).transpose(-1, -2)
-    vt = v_agg.to(dtype).transpose(-1, -2)
+    kt, vt = k_tok.to(dtype), v_tok.to(dtype)
     if width != d or width != dv:
         kt, vt = F.pad(kt, (0, width - d)), F.pad(vt, (0, width - dv))
     kt, vt = kt.contiguous(), vt.contiguous()
