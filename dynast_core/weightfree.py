@@ -344,6 +344,21 @@ def _style_descriptors(lab: torch.Tensor, colour: torch.Tensor) -> torch.Tensor:
     return torch.cat([colour, _structure(lab[:, :1])], 1)
 
 
+#: the distributed part's query grid is at most this many times the style grid per side (see _style_level)
+DISTRIBUTED_GRID_RATIO = 2
+
+
+def _distributed_factor(size: Tuple[int, int], style_size: Tuple[int, int]) -> int:
+    """Downscaling factor (a power of two) of the distributed part's query grid: the largest that keeps it at
+    least :data:`DISTRIBUTED_GRID_RATIO` times the style grid per side (1 up to 512 px with the default style
+    cap: the style there is at least half the content's size)."""
+    f = 1
+    while (size[0] / (2 * f) >= DISTRIBUTED_GRID_RATIO * style_size[0]
+           and size[1] / (2 * f) >= DISTRIBUTED_GRID_RATIO * style_size[1]):
+        f *= 2
+    return f
+
+
 def _style_level(c_lab: torch.Tensor, s_lab: torch.Tensor, s_rgb: torch.Tensor, colour: torch.Tensor, *,
                  region: int, detail: float, temperature: float, offsets: Sequence[int],
                  query_chunk_size: Optional[int]) -> torch.Tensor:
@@ -353,15 +368,25 @@ def _style_level(c_lab: torch.Tensor, s_lab: torch.Tensor, s_rgb: torch.Tensor, 
     ``c_lab`` ``(B, 3, h, w)``, ``s_lab`` / ``s_rgb`` ``(B, 3, hs, ws)``, ``colour`` ``(B, 3, h, w)`` (the
     colour of the current estimate, Lab / 25). Distributed attention attends from every position to all
     aggregated style regions, so its result does not depend on where the content's region grid lies: it runs
-    once. Progressive attention runs once per grid offset in ``offsets`` and is averaged.
+    once. Where the content grid is more than twice the (capped) style grid per side (1024 px and up), it runs
+    on the area-averaged queries of a coarser grid (at most twice the style grid) and its patch predictions
+    are upsampled bilinearly: its keys summarise style regions of that coarser scale, and its full-resolution
+    cost grew with the square of the content size. Progressive attention runs at full resolution, once per
+    grid offset in ``offsets``, and is averaged.
     """
     from .attention.all_to_key import distributed_attention, progressive_attention
     qa, ka = _augment(_style_descriptors(c_lab, colour), _style_descriptors(s_lab, s_lab), temperature)
+    h, w = qa.shape[-2:]
     hs, ws = s_rgb.shape[-2:]
     values = F.unfold(F.pad(s_rgb, (1, 1, 1, 1), mode="replicate"), 3).view(-1, 27, hs, ws)
     scale = 1.0 / temperature
-    mixed = distributed_attention(qa, ka, values, region=region, heads=1, scale=scale,
+    f = _distributed_factor((h, w), (hs, ws))
+    q_dist = qa if f == 1 else F.interpolate(qa, size=(-(-h // f), -(-w // f)), mode="area")
+    mixed = distributed_attention(q_dist, ka, values, region=region, heads=1, scale=scale,
                                   query_chunk_size=query_chunk_size)
+    del q_dist
+    if f > 1:
+        mixed = F.interpolate(mixed, size=(h, w), mode="bilinear", align_corners=False)
     mixed.mul_(1 - detail)
     for off in offsets:
         qo = F.pad(qa, (off, 0, off, 0), mode="replicate") if off else qa

@@ -152,3 +152,15 @@ def test_stylize_weight_free_half_precision(dtype):
         ref = stylize_weight_free(ci.float(), si.float(), strength=0.8)
         assert out.dtype == dtype and torch.isfinite(out).all()
         assert (out.float() - ref).abs().max() <= (1e-3 if dtype == torch.float16 else 4e-3)
+
+
+def test_distributed_part_runs_on_a_coarser_grid_only_beyond_twice_the_style_grid():
+    from dynast_core.weightfree import _distributed_factor
+    assert _distributed_factor((256, 256), (256, 256)) == 1
+    assert _distributed_factor((512, 512), (256, 256)) == 1          # 512 px: the full-resolution algorithm
+    assert _distributed_factor((1024, 768), (256, 192)) == 2
+    assert _distributed_factor((2048, 2048), (256, 256)) == 4
+    # a capped style (few regions) exercises the coarser grid at a small size
+    c, s = scene_image(64, 80), brush_texture(64, 64)
+    out = stylize_weight_free(c, s, max_style_regions=16)
+    assert out.shape == c.shape and torch.isfinite(out).all()
