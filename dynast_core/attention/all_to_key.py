@@ -210,7 +210,7 @@ def distributed_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, 
     qf = q.reshape(b, heads, c // heads, hq * wq)
     k_logit = k_agg.to(dtype)
     v_t = v_agg.transpose(-1, -2)                                               # (B, h, n, dv)
-    per_query = b * heads * n_k * q.element_size() * 3
+    per_query = b * heads * n_k * max(q.element_size(), 4) * 3                  # float32 logits for halves
     chunk = resolve_chunk_size(hq * wq, per_query, query_chunk_size, memory_budget)
     outs = []
     for s, e in chunk_ranges(hq * wq, chunk):
@@ -320,7 +320,7 @@ def progressive_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, 
     dv = vr.shape[2]
     k_flat = kr.permute(0, 1, 3, 2, 4).reshape(b, hd, n_k, d * r).to(dtype)    # region descriptors
     q_flat = qr.permute(0, 1, 3, 2, 4).reshape(b, hd, n_q, d * r).to(dtype)
-    per_query = b * hd * (n_k + 4 * r + d + dv) * q.element_size()
+    per_query = b * hd * (n_k + 4 * r + d + dv) * max(q.element_size(), 4)
     chunk = max(1, resolve_chunk_size(n_q * r, per_query, query_chunk_size, memory_budget) // r)
     outs = []
     for s, e in chunk_ranges(n_q, chunk):
@@ -366,9 +366,9 @@ def _progressive_fast(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, region:
     k_flat = k_rows.view(b * heads * n_k, d * r)
     v_flat = v_rows.view(b * heads * n_k, dv * r)
     k_t = k_rows.transpose(-1, -2)                                              # (B, h, d*r, n_k)
-    offset = (torch.arange(b * heads, device=q.device) * n_k).view(1, b * heads)
+    offset = (torch.arange(b * heads, device=q.device, dtype=torch.long) * n_k).view(1, b * heads)
     out = torch.empty(n_q, b, heads, dv, r, dtype=q.dtype, device=q.device)
-    per_query = b * heads * (n_k + 4 * r + d + dv) * q.element_size()
+    per_query = b * heads * (n_k + 4 * r + d + dv) * max(q.element_size(), 4)
     chunk = max(1, resolve_chunk_size(n_q * r, per_query, query_chunk_size, memory_budget) // r)
     for s, e in chunk_ranges(n_q, chunk):
         n = e - s
