@@ -15,6 +15,17 @@ from .models.stya2k import MIN_SIDE, StyA2K
 __all__ = ["stylize", "stylize_multi", "resize_longer_side", "match_shorter_side", "preserve_content_color", "prepare_mask",
            "blend_with_mask", "match_batches"]
 
+_HALF = (torch.float16, torch.bfloat16)
+
+
+def _interpolate(img: torch.Tensor, **kwargs) -> torch.Tensor:
+    """``F.interpolate`` of an image in any floating dtype. Half precision is resampled in float32 and cast
+    back: the CPU has no antialiased kernels for it, and half-precision filter weights do not sum to one (a
+    flat image would come back with a faint texture, which the attention's normalisation then amplifies)."""
+    if img.dtype in _HALF:
+        return F.interpolate(img.float(), **kwargs).to(img.dtype)
+    return F.interpolate(img, **kwargs)
+
 
 def resize_longer_side(img: torch.Tensor, size: Optional[int]) -> torch.Tensor:
     """Resize ``(B, C, H, W)`` so that its longer side is ``size`` (aspect kept); None keeps it."""
@@ -28,7 +39,7 @@ def resize_longer_side(img: torch.Tensor, size: Optional[int]) -> torch.Tensor:
     new = (max(1, round(h * scale)), max(1, round(w * scale)))
     if new == (h, w):
         return img
-    return F.interpolate(img, size=new, mode="bicubic", align_corners=False, antialias=scale < 1).clamp(0, 1)
+    return _interpolate(img, size=new, mode="bicubic", align_corners=False, antialias=scale < 1).clamp(0, 1)
 
 
 def match_shorter_side(style: torch.Tensor, size, minimum: int = 4) -> torch.Tensor:
@@ -38,8 +49,8 @@ def match_shorter_side(style: torch.Tensor, size, minimum: int = 4) -> torch.Ten
     scale = min(size) / min(hs, ws)
     if abs(scale - 1) <= 1e-3:
         return style
-    return F.interpolate(style, size=(max(minimum, round(hs * scale)), max(minimum, round(ws * scale))),
-                         mode="bicubic", align_corners=False, antialias=scale < 1).clamp(0, 1)
+    return _interpolate(style, size=(max(minimum, round(hs * scale)), max(minimum, round(ws * scale))),
+                        mode="bicubic", align_corners=False, antialias=scale < 1).clamp(0, 1)
 
 
 def _at_least(img: torch.Tensor, side: int) -> torch.Tensor:
@@ -48,8 +59,8 @@ def _at_least(img: torch.Tensor, side: int) -> torch.Tensor:
     if min(h, w) >= side:
         return img
     scale = side / min(h, w)
-    return F.interpolate(img, size=(max(side, round(h * scale)), max(side, round(w * scale))), mode="bicubic",
-                         align_corners=False).clamp(0, 1)
+    return _interpolate(img, size=(max(side, round(h * scale)), max(side, round(w * scale))), mode="bicubic",
+                        align_corners=False).clamp(0, 1)
 
 
 def _rgb_to_yuv(x):
@@ -72,8 +83,9 @@ def preserve_content_color(stylized: torch.Tensor, content: torch.Tensor) -> tor
     Luminance-only transfer (Gatys et al., "Preserving color in neural artistic style transfer"): the
     strokes and texture come from the style, the hues from the content. Both ``(B, 3, H, W)`` in [0, 1].
     """
-    s, c = _rgb_to_yuv(stylized), _rgb_to_yuv(content)
-    return _yuv_to_rgb(torch.cat([s[:, :1], c[:, 1:]], 1)).clamp(0, 1)
+    dtype = torch.promote_types(stylized.dtype, torch.float32)
+    s, c = _rgb_to_yuv(stylized.to(dtype)), _rgb_to_yuv(content.to(dtype))
+    return _yuv_to_rgb(torch.cat([s[:, :1], c[:, 1:]], 1)).clamp(0, 1).to(stylized.dtype)
 
 
 def prepare_mask(mask: torch.Tensor, batch: int, size, feather: Optional[float] = None) -> torch.Tensor:
@@ -109,7 +121,8 @@ def blend_with_mask(stylized: torch.Tensor, content: torch.Tensor, mask: Optiona
     """``mask * stylized + (1 - mask) * content`` with a prepared ``(B, 1, H, W)`` mask (None: stylized)."""
     if mask is None:
         return stylized
-    return mask * stylized + (1 - mask) * content
+    mask = mask.to(stylized.dtype)
+    return mask * stylized + (1 - mask) * content.to(stylized.dtype)
 
 
 def match_batches(content: torch.Tensor, style: torch.Tensor):
@@ -151,7 +164,8 @@ def stylize(model: StyA2K, content: torch.Tensor, style: torch.Tensor, *, streng
             when a memory manager offloads them).
 
     Returns:
-        ``(B, 3, H, W)`` in [0, 1].
+        ``(B, 3, H, W)`` in [0, 1], in the model's dtype (the inputs are cast to the model's device and dtype;
+        resampling that the CPU cannot do in half precision runs in float32).
     """
     if not 0.0 <= float(strength) <= 1.0:
         raise ValueError(f"strength must be between 0 and 1, got {strength}")
@@ -172,19 +186,24 @@ def stylize(model: StyA2K, content: torch.Tensor, style: torch.Tensor, *, streng
         model.check_inputs(c_in, s_in)
         cp, (h, w) = model.pad_input(c_in)
         sp, _ = model.pad_input(s_in)
-        feats = model.features(cp, sp, query_chunk_size)
+        # each image is encoded once (strength < 1 reuses the content's features for F(content, content))
+        c_feats = model.encode(cp)
+        feats = model.attend_features(c_feats, model.encode(sp), query_chunk_size)
         if strength < 1:
-            own = model.features(cp, cp, query_chunk_size)
+            own = model.attend_features(c_feats, c_feats, query_chunk_size)
             feats = {k: strength * feats[k] + (1 - strength) * own[k] for k in feats}
+            del own
+        del c_feats
         out = model.decode(feats)[..., :h, :w].clamp(0, 1)
+        del feats
         if out.shape[-2:] != content.shape[-2:]:
-            out = F.interpolate(out, size=content.shape[-2:], mode="bilinear", align_corners=False,
-                                antialias=True)
+            out = _interpolate(out, size=content.shape[-2:], mode="bilinear", align_corners=False,
+                               antialias=True)
     if preserve_color:
         out = preserve_content_color(out, content)
     if mask is not None:
         out = blend_with_mask(out, content, prepare_mask(mask.to(out.device), out.shape[0], out.shape[-2:]))
-    return out.clamp(0, 1)
+    return out.clamp(0, 1).to(p.dtype)
 
 
 @torch.no_grad()
@@ -212,6 +231,6 @@ def stylize_multi(model: StyA2K, content: torch.Tensor, styles: Sequence[torch.T
         weights.append(prepare_mask(mask.to(out.device), out.shape[0], out.shape[-2:]))
     total = torch.stack(weights).sum(0)
     norm = total.clamp_min(1.0)
-    out = sum(w / norm * r for w, r in zip(weights, results))
+    out = sum(w / norm * r.float() for w, r in zip(weights, results))
     out = out + (1 - total.clamp(max=1.0)) * base.to(out)
-    return out.clamp(0, 1)
+    return out.clamp(0, 1).to(results[0].dtype)

@@ -348,19 +348,90 @@ def match_latents(target_latent: torch.Tensor, exemplar_latent: torch.Tensor, *,
 
 # ---------------------------------------------------------------------------------------------- style
 def _colour_transfer(content_lab: torch.Tensor, style_lab: torch.Tensor) -> torch.Tensor:
-    """Match the per-channel mean and std of ``content_lab`` to ``style_lab`` (Reinhard et al.)."""
-    cm, cs = content_lab.mean((2, 3), keepdim=True), content_lab.std((2, 3), keepdim=True).clamp_min(1e-3)
-    sm, ss = style_lab.mean((2, 3), keepdim=True), style_lab.std((2, 3), keepdim=True).clamp_min(1e-3)
-    return (content_lab - cm) / cs * ss + sm
+    """Match the per-channel mean and std of ``content_lab`` ``(B, C, H, W)`` to ``style_lab``
+    ``(B, C, Hs, Ws)`` (Reinhard et al.). Statistics in float32 (at least); the result in ``content_lab``'s
+    dtype. A constant image (std 0) keeps its offset: its std is floored at 1e-3."""
+    dtype = torch.promote_types(content_lab.dtype, torch.float32)
+    c, st = content_lab.to(dtype), style_lab.to(dtype)
+    cm, cs = c.mean((2, 3), keepdim=True), c.std((2, 3), keepdim=True).clamp_min(1e-3)
+    sm, ss = st.mean((2, 3), keepdim=True), st.std((2, 3), keepdim=True).clamp_min(1e-3)
+    return ((c - cm) / cs * ss + sm).to(content_lab.dtype)
+
+
+def _patch_counts(n: int, like: torch.Tensor) -> torch.Tensor:
+    """How many of the 3x3 patches centred on a line of ``n`` positions cover each position: 3 inside, 2 at
+    the ends (1 or 2 for ``n < 3``), as the fold of the patch grid counts them."""
+    y = torch.arange(1, n + 1, device=like.device)
+    return ((y.clamp(max=n - 1) - (y - 2).clamp(min=0)) + 1).to(like.dtype)
 
 
 def _fold_patches(values: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
-    """``(B, 3*9, H, W)`` predicted 3x3 patches -> ``(B, 3, H, W)`` by overlap averaging."""
+    """``(B, 3*9, H, W)`` predicted 3x3 patches -> ``(B, 3, H, W)`` by overlap averaging (each pixel: the mean
+    of the predictions of the patches that cover it)."""
     b = values.shape[0]
     h, w = size
-    summed = F.fold(values.flatten(2), (h + 2, w + 2), 3)
-    count = F.fold(torch.ones_like(values[:, :9]).flatten(2).repeat(1, 1, 1), (h + 2, w + 2), 3)
-    return (summed / count.clamp_min(1e-6))[..., 1:-1, 1:-1].reshape(b, -1, h, w)
+    summed = F.fold(values.flatten(2), (h + 2, w + 2), 3)[..., 1:-1, 1:-1]
+    count = _patch_counts(h, values)[:, None] * _patch_counts(w, values)[None, :]
+    return (summed / count).reshape(b, -1, h, w)
+
+
+def _style_descriptors(lab: torch.Tensor, colour: torch.Tensor) -> torch.Tensor:
+    """Query/key descriptors of one level: ``(B, 12, h, w)`` = colour (Lab / 25) and the 3x3 structure of
+    the luminance of ``lab``."""
+    return torch.cat([colour, _structure(lab[:, :1])], 1)
+
+
+#: the distributed part's query grid is at most this many times the style grid per side (see _style_level)
+DISTRIBUTED_GRID_RATIO = 2
+
+
+def _distributed_factor(size: Tuple[int, int], style_size: Tuple[int, int]) -> int:
+    """Downscaling factor (a power of two) of the distributed part's query grid: the largest that keeps it at
+    least :data:`DISTRIBUTED_GRID_RATIO` times the style grid per side (1 up to 512 px with the default style
+    cap: the style there is at least half the content's size)."""
+    f = 1
+    while (size[0] / (2 * f) >= DISTRIBUTED_GRID_RATIO * style_size[0]
+           and size[1] / (2 * f) >= DISTRIBUTED_GRID_RATIO * style_size[1]):
+        f *= 2
+    return f
+
+
+def _style_level(c_lab: torch.Tensor, s_lab: torch.Tensor, s_rgb: torch.Tensor, colour: torch.Tensor, *,
+                 region: int, detail: float, temperature: float, offsets: Sequence[int],
+                 query_chunk_size: Optional[int]) -> torch.Tensor:
+    """One level of the weight-free style transfer: the predicted 3x3 style colour patches of every content
+    position, ``(B, 27, h, w)``.
+
+    ``c_lab`` ``(B, 3, h, w)``, ``s_lab`` / ``s_rgb`` ``(B, 3, hs, ws)``, ``colour`` ``(B, 3, h, w)`` (the
+    colour of the current estimate, Lab / 25). Distributed attention attends from every position to all
+    aggregated style regions, so its result does not depend on where the content's region grid lies: it runs
+    once. Where the content grid is more than twice the (capped) style grid per side (1024 px and up), it runs
+    on the area-averaged queries of a coarser grid (at most twice the style grid) and its patch predictions
+    are upsampled bilinearly: its keys summarise style regions of that coarser scale, and its full-resolution
+    cost grew with the square of the content size. Progressive attention runs at full resolution, once per
+    grid offset in ``offsets``, and is averaged.
+    """
+    from .attention.all_to_key import distributed_attention, progressive_attention
+    qa, ka = _augment(_style_descriptors(c_lab, colour), _style_descriptors(s_lab, s_lab), temperature)
+    h, w = qa.shape[-2:]
+    hs, ws = s_rgb.shape[-2:]
+    values = F.unfold(F.pad(s_rgb, (1, 1, 1, 1), mode="replicate"), 3).view(-1, 27, hs, ws)
+    scale = 1.0 / temperature
+    f = _distributed_factor((h, w), (hs, ws))
+    q_dist = qa if f == 1 else F.interpolate(qa, size=(-(-h // f), -(-w // f)), mode="area")
+    mixed = distributed_attention(q_dist, ka, values, region=region, heads=1, scale=scale,
+                                  query_chunk_size=query_chunk_size)
+    del q_dist
+    if f > 1:
+        mixed = F.interpolate(mixed, size=(h, w), mode="bilinear", align_corners=False)
+    mixed.mul_(1 - detail)
+    for off in offsets:
+        qo = F.pad(qa, (off, 0, off, 0), mode="replicate") if off else qa
+        part = progressive_attention(qo, ka, values, region=region, heads=1, scale=scale,
+                                     query_chunk_size=query_chunk_size)
+        mixed.add_(part[..., off:, off:], alpha=detail / len(offsets))
+        del part, qo
+    return mixed
 
 
 @torch.no_grad()
@@ -383,12 +454,14 @@ def stylize_weight_free(content: torch.Tensor, style: torch.Tensor, *, strength:
         temperature: softmax temperature of the negative squared distances.
         max_style_regions: the style is downscaled at a level where it would have more regions (bounds the
             quadratic part of the attention; keeps 1024 inputs at interactive speed).
-        grid_offsets: average the attention over two content region grids offset by half a region (hides
-            the block seams of progressive attention) at all but the finest level; about 1.3x the time.
+        grid_offsets: average the progressive attention over two content region grids offset by half a
+            region (hides its block seams) at all but the finest level.
         progress: ``progress(step, total)`` after every level.
 
     Returns:
-        ``(B, 3, H, W)`` in [0, 1].
+        ``(B, 3, H, W)`` in [0, 1], in the dtype of ``content``. Half-precision inputs are processed in
+        float32: the squared descriptor norms of the attention logits lose their resolution in float16 and
+        bfloat16 (and CPUs without half-precision units run float32 faster).
     """
     if not 0.0 <= float(strength) <= 1.0:
         raise ValueError(f"strength must be between 0 and 1, got {strength}")
@@ -396,7 +469,9 @@ def stylize_weight_free(content: torch.Tensor, style: torch.Tensor, *, strength:
         raise ValueError(f"detail must be between 0 and 1, got {detail}")
     _check_rgb(content, "content")
     _check_rgb(style, "style")
-    content, style = match_batches(content, style)
+    out_dtype = content.dtype
+    work = torch.promote_types(content.dtype, torch.float32)
+    content, style = match_batches(content.to(work), style.to(device=content.device, dtype=work))
     content = resize_longer_side(content, size)
     out_full = content
     if strength > 0:
@@ -413,25 +488,18 @@ def stylize_weight_free(content: torch.Tensor, style: torch.Tensor, *, strength:
                 sh, sw = max(4, int(sh * cap)), max(4, int(sw * cap))
             c_lab = _resize(c_lab_full, (lh, lw))
             s_lab = _resize(s_lab_full, (sh, sw))
-            s_rgb = _resize(style_full, (sh, sw))
             colour = _colour_transfer(c_lab, s_lab) if estimate is None else _lab(_resize(estimate, (lh, lw)))
-            q = torch.cat([colour, _structure(c_lab[:, :1])], 1)
-            k = torch.cat([s_lab, _structure(s_lab[:, :1])], 1)
-            qa, ka = _augment(q, k, temperature)
-            values = F.unfold(F.pad(s_rgb, (1, 1, 1, 1), mode="replicate"), 3).view(-1, 27, sh, sw)
-            mixed = 0
             # progressive attention picks one style region per content region; averaging two region grids
             # offset by half a region hides the block seams that one grid leaves in flat areas
             # (not at the finest level: its blocks are a few pixels, and it costs three quarters of the time)
             finest = i == len(c_sizes) - 1
             offsets = (0, region // 2) if grid_offsets and region > 1 and not finest else (0,)
-            for off in offsets:
-                qo = F.pad(qa, (off, 0, off, 0), mode="replicate") if off else qa
-                r = all_to_key_attention(qo / temperature, ka, values, region=region, heads=1,
-                                         query_chunk_size=query_chunk_size)
-                part = (1 - detail) * r.distributed + detail * r.progressive
-                mixed = mixed + part[..., off:, off:] / len(offsets)
-            estimate = _fold_patches(mixed, (lh, lw)).clamp(0, 1)
+            mixed = _style_level(c_lab, s_lab, _resize(style_full, (sh, sw)), colour, region=region,
+                                 detail=detail, temperature=temperature, offsets=offsets,
+                                 query_chunk_size=query_chunk_size)
+            del c_lab, s_lab, colour
+            estimate = _fold_patches(mixed, (lh, lw)).clamp_(0, 1)
+            del mixed
             _interrupt(progress, i + 1, len(c_sizes))
         # final colour statistics of the style (per-channel Lab mean/std, as AdaIN does for features)
         from kornia.color import lab_to_rgb
@@ -443,4 +511,4 @@ def stylize_weight_free(content: torch.Tensor, style: torch.Tensor, *, strength:
     if mask is not None:
         out_full = blend_with_mask(out_full, content, prepare_mask(mask.to(out_full.device), out_full.shape[0],
                                                                    out_full.shape[-2:]))
-    return out_full.clamp(0, 1)
+    return out_full.clamp(0, 1).to(out_dtype)

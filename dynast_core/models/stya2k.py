@@ -15,6 +15,17 @@ inputs of any size and aspect ratio are reflection-padded to a multiple of 16 (s
 upsampled by 2, lands exactly on the relu4_1 grid) and the output is cropped back; the attention operators
 pad their own maps to whole regions (see :mod:`dynast_core.attention.all_to_key`), so no border strip is left
 untouched; the style may have another size and aspect than the content.
+
+Inference (no autograd: ``torch.no_grad`` or ``torch.inference_mode``) runs the same layers with fewer passes
+over memory and the same values: each ReLU (and nearest x2 upsampling) is applied while its result is written
+into the reflection-padded buffer the next convolution reads, pools are taken without indices, the decoder's
+skip concatenation is written into that buffer too, and only the three features StyA2K uses (relu3_1,
+relu4_1, relu5_1) are kept. Every convolution sees the same input as in the module-by-module path, so the
+encoder features and the progressive attention's region choices are identical bit for bit. With autograd
+the modules run one by one as before (training). All weights stay in their ``nn.Conv2d`` modules, which are
+always called as modules. A model runs in one dtype (float32, float16 or bfloat16: weights and inputs);
+statistics and attention logits are computed in float32 inside (see :func:`mean_variance_norm` and
+:mod:`dynast_core.attention.all_to_key`).
 """
 from __future__ import annotations
 
@@ -28,7 +39,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..attention.all_to_key import all_to_key_attention, pad_to_multiple
+from ..attention.all_to_key import (all_to_key_attention, distributed_attention, pad_to_multiple,
+                                   progressive_attention)
 from ..checkpoints import (CheckpointError, check_shapes, describe_state_dict, read_state_dict,
                            save_safetensors)
 
@@ -59,12 +71,20 @@ def mean_variance_norm(feat: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
 
     Args:
         feat: ``(B, C, H, W)`` with ``H * W > 1``.
+
+    Returns:
+        ``(B, C, H, W)`` in the dtype of ``feat``; for float16/bfloat16 the statistics and the normalisation
+        are computed in float32 (``eps`` would vanish, squares overflow) and the result is cast back.
     """
     b, c = feat.shape[:2]
-    flat = feat.reshape(b, c, -1)
+    dtype = torch.float32 if feat.dtype in (torch.float16, torch.bfloat16) else feat.dtype
+    work = feat.to(dtype)
+    flat = work.reshape(b, c, -1)
     mean = flat.mean(-1).view(b, c, 1, 1)
     std = (flat.var(-1) + eps).sqrt().view(b, c, 1, 1)
-    return (feat - mean) / std
+    if torch.is_grad_enabled() and feat.requires_grad:
+        return ((work - mean) / std).to(feat.dtype)
+    return torch.sub(work, mean).div_(std).to(feat.dtype)
 
 
 def _conv(cin, cout, k=3):
@@ -87,6 +107,159 @@ def _vgg_layers() -> List[nn.Module]:
     return layers
 
 
+def _inference() -> bool:
+    """True when autograd is off (``torch.no_grad`` / ``torch.inference_mode``): the fused path may run."""
+    return not torch.is_grad_enabled()
+
+
+def _reflect_border(buf: torch.Tensor) -> torch.Tensor:
+    """Fill the 1-pixel border of ``(B, C, H+2, W+2)`` from its interior as reflection padding does
+    (``H, W >= 2``): columns ``0, W+1`` from ``2, W-1``, then rows ``0, H+1`` from ``2, H-1`` (corners too)."""
+    h, w = buf.shape[-2] - 2, buf.shape[-1] - 2
+    if w >= 4:
+        buf[..., 1:-1, 0::w + 1] = buf[..., 1:-1, 2:w:w - 3]
+    else:
+        buf[..., 1:-1, 0] = buf[..., 1:-1, 2]
+        buf[..., 1:-1, -1] = buf[..., 1:-1, -3]
+    if h >= 4:
+        buf[..., 0::h + 1, :] = buf[..., 2:h:h - 3, :]
+    else:
+        buf[..., 0, :] = buf[..., 2, :]
+        buf[..., -1, :] = buf[..., -3, :]
+    return buf
+
+
+class _Buffers:
+    """Padded buffers of one pass that their convolution has read, by shape: a later padding of the same shape
+    reuses one instead of allocating fresh memory (whose pages the system would fault in again)."""
+
+    def __init__(self):
+        self.free: Dict[tuple, torch.Tensor] = {}
+
+    def get(self, shape, like: torch.Tensor) -> torch.Tensor:
+        t = self.free.pop((tuple(shape), like.dtype, like.device), None)
+        return torch.empty(shape, dtype=like.dtype, device=like.device) if t is None else t
+
+    def put(self, t: torch.Tensor) -> None:
+        self.free[(tuple(t.shape), t.dtype, t.device)] = t
+
+
+def _pad_fused(x: torch.Tensor, relu: bool, up: bool, skip: Optional[torch.Tensor] = None,
+               buffers: Optional[_Buffers] = None, pool: bool = False) -> torch.Tensor:
+    """``reflection_pad1(cat([up2(relu(pool2(x))), skip]))`` written in one pass into a fresh (or reused) buffer.
+
+    Args:
+        x: ``(B, C, H, W)``; relu: apply a ReLU; up: nearest x2 upsampling; skip: optional ``(B, Cs, H', W')``
+            concatenated after ``x`` on the channels (``(H', W')`` the size after upsampling).
+        buffers: where to take the buffer from (default: a new one).
+        pool: 2x2 max pooling first (``H``, ``W`` even; ``x`` is overwritten: a temporary of the caller's).
+
+    Returns:
+        ``(B, C + Cs, H'+2, W'+2)``, equal element for element to the module-by-module result.
+    """
+    if pool:
+        if up or skip is not None or min(x.shape[-2:]) < 4:
+            x, pool = _max_pool2(x), False
+        else:
+            rows = x[..., 0::2, :]
+            torch.maximum(rows, x[..., 1::2, :], out=rows)                     # row pairs, in place
+            x = rows
+    b, c, h, w = x.shape
+    if pool:
+        w //= 2
+    ho, wo = (2 * h, 2 * w) if up else (h, w)
+    if min(ho, wo) < 2:     # reflection needs 2 pixels: let the library raise its own error
+        y = F.interpolate(x, scale_factor=2, mode="nearest") if up else x
+        y = torch.relu(y) if relu else y
+        return F.pad(y if skip is None else torch.cat([y, skip], 1), (1, 1, 1, 1), mode="reflect")
+    cs = 0 if skip is None else skip.shape[1]
+    if skip is not None and (skip.shape[0] != b or tuple(skip.shape[-2:]) != (ho, wo)):
+        raise ValueError(f"the decoder's relu3_1 skip input {tuple(skip.shape)} does not fit its upsampled "
+                         f"features {(b, c, ho, wo)}")
+    shape = (b, c + cs, ho + 2, wo + 2)
+    buf = torch.empty(shape, dtype=x.dtype, device=x.device) if buffers is None else buffers.get(shape, x)
+    main = buf[:, :c]
+    if up:
+        # even interior rows take x's rows, each pixel twice; odd interior rows copy the row above
+        rows = main[..., 1:-1:2, 1:-1].unflatten(-1, (w, 2))
+        src = x[..., None].expand(b, c, h, w, 2)
+        torch.clamp_min(src, 0, out=rows) if relu else rows.copy_(src)
+        main[..., 2:-1:2, 1:-1] = main[..., 1:-1:2, 1:-1]
+    elif pool:
+        inner = main[..., 1:-1, 1:-1]
+        torch.maximum(x[..., 0::2], x[..., 1::2], out=inner)                    # column pairs
+        if relu:
+            inner.clamp_min_(0)
+    else:
+        inner = main[..., 1:-1, 1:-1]
+        torch.clamp_min(x, 0, out=inner) if relu else inner.copy_(x)
+    if skip is not None:
+        buf[:, c:, 1:-1, 1:-1] = skip
+    return _reflect_border(buf)
+
+
+def _max_pool2(x: torch.Tensor) -> torch.Tensor:
+    """2x2 max pooling, stride 2, of a map with even sides, without indices (same values as max_pool2d)."""
+    a = torch.maximum(x[..., 0::2, :], x[..., 1::2, :])
+    return torch.maximum(a[..., 0::2], a[..., 1::2])
+
+
+def _is_pool2(m: nn.Module, x: torch.Tensor) -> bool:
+    def two(v):
+        return v in (2, (2, 2))
+    return (two(m.kernel_size) and two(m.stride) and m.padding in (0, (0, 0)) and m.dilation in (1, (1, 1))
+            and not m.return_indices and x.shape[-1] % 2 == 0 and x.shape[-2] % 2 == 0)
+
+
+class _Pending:
+    """A map with a ReLU and/or a nearest x2 upsampling still to apply (fused into the next padding)."""
+
+    def __init__(self, x: torch.Tensor, owned: bool = False):
+        self.x, self.owned, self.relu, self.up, self.pool = x, owned, False, False, False
+        self.padded = False                 # x is a padded buffer of ours, free once a convolution read it
+        self.buffers = _Buffers()
+
+    def value(self) -> torch.Tensor:
+        """The map with the pending operations applied (in place where the map is a temporary of ours)."""
+        x = self.x
+        if self.pool:
+            x, self.owned, self.pool = _max_pool2(x), True, False
+        if self.up:
+            x, self.owned = F.interpolate(x, scale_factor=2, mode="nearest"), True
+        if self.relu:
+            x = x.relu_() if self.owned else torch.relu(x)
+            self.owned = True
+        self.x, self.relu, self.up = x, False, False
+        return x
+
+    def pad(self, skip: Optional[torch.Tensor] = None) -> None:
+        """Reflection-pad by 1 (after the pending operations, with ``skip`` concatenated on the channels)."""
+        self.x = _pad_fused(self.x, self.relu, self.up, skip, self.buffers, self.pool)
+        self.owned, self.relu, self.up, self.pool, self.padded = True, False, False, False, True
+
+    def run(self, layers) -> "_Pending":
+        """Run ``layers`` (pads, convs, ReLUs, pools, upsamplings; anything else as a plain module call)."""
+        for m in layers:
+            if isinstance(m, nn.ReLU):
+                self.relu = True
+            elif isinstance(m, nn.Upsample) and m.mode == "nearest" and m.size is None \
+                    and m.scale_factor in (2, 2.0, (2, 2), (2.0, 2.0)) and not self.up:
+                self.up = True
+            elif isinstance(m, nn.MaxPool2d) and not (self.up or self.pool) and _is_pool2(m, self.x):
+                if self.owned and not self.padded:
+                    self.pool = True            # fused into the next padding (commutes with the ReLU)
+                else:
+                    self.x, self.owned, self.padded = _max_pool2(self.x), True, False
+            elif isinstance(m, nn.ReflectionPad2d) and tuple(m.padding) == (1, 1, 1, 1):
+                self.pad()
+            else:
+                x, padded = self.value(), self.padded
+                self.x, self.owned, self.padded = m(x), True, False
+                if padded and isinstance(m, nn.Conv2d) and self.x is not x:
+                    self.buffers.put(x)
+        return self
+
+
 class VGGEncoder(nn.Sequential):
     """VGG-19 up to relu5_1 in the ``vgg_normalised.pth`` layout (keys ``0.weight``, ``2.weight``, ...).
 
@@ -102,11 +275,34 @@ class VGGEncoder(nn.Sequential):
         super().__init__(*_vgg_layers())
 
     def forward(self, x: torch.Tensor, upto: int = 5) -> List[torch.Tensor]:  # type: ignore[override]
+        if _inference():
+            return self.encode(x, tuple(range(1, upto + 1)))
         feats = []
         for start, end in self.SLICES[:upto]:
             for i in range(start, end):
                 x = self[i](x)
             feats.append(x)
+        return feats
+
+    def encode(self, x: torch.Tensor, levels=(3, 4, 5)) -> List[torch.Tensor]:
+        """The features ``relu{l}_1`` for ``l`` in ``levels`` (1..5, ascending), as :meth:`forward` computes them.
+
+        Without autograd only these are kept (StyA2K needs relu3_1..relu5_1; relu1_1 and relu2_1 of a 2048
+        image are 1.5 GB); each ReLU is fused into the padding of the next convolution and the pools keep no
+        indices. With autograd it is :meth:`forward`'s module-by-module loop.
+        """
+        levels = tuple(levels)
+        if not levels or list(levels) != sorted(set(levels)) or levels[0] < 1 or levels[-1] > 5:
+            raise ValueError(f"levels must be ascending VGG levels between 1 and 5, got {levels}")
+        if not _inference():
+            feats = self.forward(x, levels[-1])
+            return [feats[lv - 1] for lv in levels]
+        state = _Pending(x)
+        feats = []
+        for lv, (start, end) in enumerate(self.SLICES[:levels[-1]], 1):
+            state.run(self[i] for i in range(start, end))
+            if lv in levels:
+                feats.append(state.value())
         return feats
 
 
@@ -128,16 +324,34 @@ class A2K(nn.Module):
 
     def attend(self, content: torch.Tensor, style: torch.Tensor, region: int,
                query_chunk_size: Optional[int] = None) -> torch.Tensor:
-        """The attention output ``fusion1(DA) + fusion2(PA)`` without the residual content."""
+        """The attention output ``fusion1(DA) + fusion2(PA)`` without the residual content.
+
+        ``content`` ``(B, C, Hc, Wc)``, ``style`` ``(B, C, Hs, Ws)`` -> ``(B, C, Hc, Wc)``. ``sim_alpha`` and
+        ``sim_beta`` are moved to the input's device where they are used (a module may have been left on
+        another device); the attention computes with them in float32 for half-precision inputs.
+        """
         nc, ns = mean_variance_norm(content), mean_variance_norm(style)
-        r = all_to_key_attention(self.q(nc), self.k(ns), self.v(style), region=region, heads=HEADS,
-                                 sim_alpha=self.sim_alpha, sim_beta=self.sim_beta, q_local=self.q2(nc),
-                                 k_local=self.k2(ns), v_local=self.v2(style), query_chunk_size=query_chunk_size)
-        return self.fusion1(r.distributed) + self.fusion2(r.progressive)
+        dev = content.device
+        alpha, beta = self.sim_alpha.to(device=dev), self.sim_beta.to(device=dev)
+        if not _inference():
+            r = all_to_key_attention(self.q(nc), self.k(ns), self.v(style), region=region, heads=HEADS,
+                                     sim_alpha=alpha, sim_beta=beta, q_local=self.q2(nc), k_local=self.k2(ns),
+                                     v_local=self.v2(style), query_chunk_size=query_chunk_size)
+            return self.fusion1(r.distributed) + self.fusion2(r.progressive)
+        # one part at a time, each freed once projected: the peak holds one part's maps
+        out = self.fusion1(distributed_attention(self.q(nc), self.k(ns), self.v(style), region=region, heads=HEADS,
+                                                 sim_alpha=alpha, sim_beta=beta, query_chunk_size=query_chunk_size))
+        out += self.fusion2(progressive_attention(self.q2(nc), self.k2(ns), self.v2(style), region=region,
+                                                  heads=HEADS, query_chunk_size=query_chunk_size))
+        return out
 
     def forward(self, content: torch.Tensor, style: torch.Tensor, region: int,
                 query_chunk_size: Optional[int] = None) -> torch.Tensor:
-        return self.attend(content, style, region, query_chunk_size) + content
+        out = self.attend(content, style, region, query_chunk_size)
+        if not _inference():
+            return out + content
+        out += content
+        return out
 
 
 class Transform(nn.Module):
@@ -153,9 +367,16 @@ class Transform(nn.Module):
 
     def merge(self, feats4: torch.Tensor, feats5: torch.Tensor) -> torch.Tensor:
         up = F.interpolate(feats5, scale_factor=2, mode="nearest")
-        return self.merge_conv(self.merge_conv_pad(feats4 + up))
+        if not _inference() or up.shape != feats4.shape or min(up.shape[-2:]) < 2:
+            return self.merge_conv(self.merge_conv_pad(feats4 + up))
+        b, c, h, w = feats4.shape
+        buf = torch.empty(b, c, h + 2, w + 2, dtype=up.dtype, device=up.device)
+        torch.add(feats4, up, out=buf[..., 1:-1, 1:-1])                         # the sum, padded in place
+        del up
+        return self.merge_conv(_reflect_border(buf))
 
     def forward(self, content4_1, style4_1, content5_1, style5_1, query_chunk_size=None):
+        """relu4_1 ``(B, 512, H, W)`` and relu5_1 ``(B, 512, H/2, W/2)`` features -> ``(B, 512, H, W)``."""
         f5 = self.attn_adain_5_1(content5_1, style5_1, REGIONS[5], query_chunk_size)
         f4 = self.attn_adain_4_1(content4_1, style4_1, REGIONS[4], query_chunk_size)
         return self.merge(f4, f5)
@@ -182,12 +403,24 @@ class Decoder(nn.Module):
             pad(), _conv(64, 3))
 
     def forward(self, cs: torch.Tensor, skip3: Optional[torch.Tensor] = None) -> torch.Tensor:
-        x = self.decoder_layer_1(cs)
+        """``cs`` ``(B, 512, H, W)`` (relu4_1 grid), ``skip3`` ``(B, 256, 2H, 2W)`` -> ``(B, 3, 8H, 8W)``."""
+        if self.skip and skip3 is None:
+            raise ValueError("this decoder was built with the relu3_1 skip input: pass skip3")
+        if not _inference():
+            x = self.decoder_layer_1(cs)
+            if self.skip:
+                x = torch.cat([x, skip3], 1)
+            return self.decoder_layer_2(x)
+        state = _Pending(cs).run(self.decoder_layer_1)
+        layers = list(self.decoder_layer_2)
         if self.skip:
-            if skip3 is None:
-                raise ValueError("this decoder was built with the relu3_1 skip input: pass skip3")
-            x = torch.cat([x, skip3], 1)
-        return self.decoder_layer_2(x)
+            # the concatenation is written into the padded buffer of decoder_layer_2's first convolution
+            if not isinstance(layers[0], nn.ReflectionPad2d) or tuple(layers[0].padding) != (1, 1, 1, 1):
+                state.x, state.owned = torch.cat([state.value(), skip3], 1), True
+            else:
+                state.pad(skip3)
+                layers = layers[1:]
+        return state.run(layers).value()
 
 
 @dataclass
@@ -202,13 +435,9 @@ def stya2k_features(model: "StyA2K", content: torch.Tensor, style: torch.Tensor,
     """Encode, attend and merge: the features the decoder turns into the stylised image.
 
     ``content`` and ``style`` must already be padded to multiples of 16 (``StyA2K.forward`` does it).
+    Returns ``{"cs": (B, 512, H/8, W/8), "skip3": (B, 256, H/4, W/4)}`` (``skip3`` with the skip decoder).
     """
-    c = model.vgg(content)
-    s = model.vgg(style)
-    out = {"cs": model.transform(c[3], s[3], c[4], s[4], query_chunk_size)}
-    if model.config.skip3:
-        out["skip3"] = model.a2k(c[2], s[2], REGIONS[3], query_chunk_size)
-    return out
+    return model.attend_features(model.encode(content), model.encode(style), query_chunk_size)
 
 
 class StyA2K(nn.Module):
@@ -246,11 +475,29 @@ class StyA2K(nn.Module):
             raise ValueError(f"style batch {style.shape[0]} must be 1 (one style for every content) or equal to "
                              f"the content batch {content.shape[0]} (pairs)")
 
+    def encode(self, x: torch.Tensor) -> List[torch.Tensor]:
+        """relu3_1, relu4_1, relu5_1 of a padded ``(B, 3, H, W)`` image (multiples of 16): the encoder
+        features the attention uses (see :meth:`VGGEncoder.encode`)."""
+        return self.vgg.encode(x, (3, 4, 5))
+
+    def attend_features(self, content_feats: List[torch.Tensor], style_feats: List[torch.Tensor],
+                        query_chunk_size: Optional[int] = None) -> Dict[str, torch.Tensor]:
+        """Decoder inputs from :meth:`encode` results (a style batch of 1 serves every content item).
+
+        Returns ``{"cs": (B, 512, H/8, W/8), "skip3": (B, 256, H/4, W/4)}`` (``skip3`` with the skip decoder).
+        """
+        c3, c4, c5 = content_feats
+        s3, s4, s5 = style_feats
+        if s3.shape[0] == 1 and c3.shape[0] > 1:
+            s3, s4, s5 = (t.expand(c3.shape[0], -1, -1, -1) for t in (s3, s4, s5))
+        out = {"cs": self.transform(c4, s4, c5, s5, query_chunk_size)}
+        if self.config.skip3:
+            out["skip3"] = self.a2k(c3, s3, REGIONS[3], query_chunk_size)
+        return out
+
     def features(self, content: torch.Tensor, style: torch.Tensor,
                  query_chunk_size: Optional[int] = None) -> Dict[str, torch.Tensor]:
-        """Decoder inputs for padded inputs (see :func:`stya2k_features`)."""
-        if style.shape[0] == 1 and content.shape[0] > 1:
-            style = style.expand(content.shape[0], -1, -1, -1)
+        """Decoder inputs for padded inputs (see :func:`stya2k_features`); a style batch of 1 is encoded once."""
         return stya2k_features(self, content, style, query_chunk_size)
 
     def decode(self, feats: Mapping[str, torch.Tensor]) -> torch.Tensor:
