@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 import os
 import threading
 
@@ -30,15 +29,21 @@ _depth = [0]
 
 
 def _glibc():
+    """The process's own C library when it is glibc (looked up in the running process: no file search, no
+    subprocess), else ``None``: musl, macOS and Windows have other allocators."""
+    if _cache:
+        return _cache[0]
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.gnu_get_libc_version                 # glibc only: musl and others have other allocators
-        return libc
-    except (OSError, AttributeError):
-        return None
+        libc = ctypes.CDLL(None)
+        libc.gnu_get_libc_version
+        libc.mallopt, libc.malloc_trim
+    except (OSError, AttributeError, TypeError):
+        libc = None
+    _cache.append(libc)
+    return libc
 
 
-_LIBC = _glibc()
+_cache: list = []
 
 
 @contextlib.contextmanager
@@ -49,21 +54,21 @@ def reuse_freed_memory(enabled: bool = True):
         >>> with reuse_freed_memory():
         ...     pass
     """
-    active = enabled and _LIBC is not None and os.environ.get("DYNAST_REUSE_FREED_MEMORY", "1") != "0"
+    active = enabled and os.environ.get("DYNAST_REUSE_FREED_MEMORY", "1") != "0" and _glibc() is not None
     if not active:
         yield
         return
     with _lock:
         _depth[0] += 1
         if _depth[0] == 1:
-            _LIBC.mallopt(_M_MMAP_MAX, 0)
-            _LIBC.mallopt(_M_TRIM_THRESHOLD, 1 << 30)
+            _glibc().mallopt(_M_MMAP_MAX, 0)
+            _glibc().mallopt(_M_TRIM_THRESHOLD, 1 << 30)
     try:
         yield
     finally:
         with _lock:
             _depth[0] -= 1
             if _depth[0] == 0:
-                _LIBC.mallopt(_M_MMAP_MAX, _DEFAULT_MMAP_MAX)
-                _LIBC.mallopt(_M_TRIM_THRESHOLD, _DEFAULT_TRIM_THRESHOLD)
-                _LIBC.malloc_trim(0)
+                _glibc().mallopt(_M_MMAP_MAX, _DEFAULT_MMAP_MAX)
+                _glibc().mallopt(_M_TRIM_THRESHOLD, _DEFAULT_TRIM_THRESHOLD)
+                _glibc().malloc_trim(0)

@@ -21,3 +21,11 @@ def shared_dir():
     if not SHARED.is_dir():
         pytest.skip("../shared is not present beside the checkout")
     return SHARED
+
+
+@pytest.fixture(autouse=True)
+def _float_mode_restored():
+    """A CPU trainer switches denormal flushing on for the process (TrainOptions.flush_denormal); later tests
+    compare exact results (ties among underflowed weights), so each test starts from the default."""
+    yield
+    torch.set_flush_denormal(False)
