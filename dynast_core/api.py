@@ -277,25 +277,58 @@ def _method(model, exemplar: Exemplar, label, image) -> str:
 
 
 def _match_window(method, model, ex: Exemplar, label, image, *, top_k, grid_scale, query_chunk_size, progress,
-                  decode_too: bool):
+                  decode_too: bool, clip: "_ClipState"):
     """One window on the compute device: (correspondence, DynaST state or None, decoded image or None)."""
     if method == "dynast":
         m = model.match(label, ex.image * 2 - 1, ex.label, top_k=top_k, query_chunk_size=query_chunk_size,
-                        progress=progress)
+                        progress=progress, **clip.dynast_kwargs(model, ex, label))
         img = ((model.decode(m) + 1) / 2).clamp(0, 1) if decode_too else None
         return m.correspondence, m.for_decode(), img
     from .weightfree import match_images, match_layouts
-    kw = dict(top_k=4 if top_k is None else top_k, grid_scale=grid_scale, query_chunk_size=query_chunk_size,
-              progress=progress)
-    if method == "layout":
-        corr = match_layouts(label, ex.label, **kw)
-    else:
-        corr = match_images(image, ex.image, **kw)
-    return corr, None, None
+    kw = dict(top_k=4 if top_k is None else top_k, grid_scale=grid_scale, query_chunk_size=query_chunk_size)
+    n = (label if label is not None else image).shape[0]
+
+    def one(rows, init, hook):
+        if method == "layout":
+            return match_layouts(_rows(label, *rows), ex.frames(*rows).label if ex.batch_size > 1 else ex.label,
+                                 init=init, progress=hook, **kw)
+        return match_images(_rows(image, *rows), ex.frames(*rows).image if ex.batch_size > 1 else ex.image,
+                            init=init, progress=hook, exemplar_cache=clip.weight_free_cache(ex), **kw)
+    if not clip.temporal:
+        return one((0, n), None, progress), None, None
+    corrs = []
+    for j in range(n):                                # warm start: frame by frame, each from the previous one
+        corr = one((j, j + 1), clip.previous, _sub_progress(progress, j, j + 1, n))
+        clip.previous = corr.indices
+        corrs.append(corr)
+    return (corrs[0] if n == 1 else Correspondence.cat(corrs)), None, None
+
+
+class _ClipState:
+    """What one match call keeps from window to window: the exemplar's weight-free descriptor pyramid or DynaST
+    exemplar branch (computed once per call when one exemplar serves every frame), and with ``temporal`` the
+    previous frame's candidates."""
+
+    def __init__(self, temporal: bool, shared_exemplar: bool):
+        self.temporal, self.shared = bool(temporal), shared_exemplar
+        self.previous: Optional[torch.Tensor] = None
+        self._wf: dict = {}
+        self._dynast = None
+
+    def weight_free_cache(self, ex: Exemplar) -> Optional[dict]:
+        return self._wf if self.shared else None
+
+    def dynast_kwargs(self, model, ex: Exemplar, label) -> dict:
+        encode = getattr(model, "encode_exemplar", None)
+        if not self.shared or encode is None or torch.is_grad_enabled():
+            return {}
+        if self._dynast is None:
+            self._dynast = encode(ex.image * 2 - 1, ex.label, tuple(label.shape[-2:]))
+        return {"exemplar_cache": self._dynast}
 
 
 def _run_match(exemplar, target_label, target_pose, target_image, model, *, top_k, grid_scale, query_chunk_size,
-               window, keep_state, decode_too, device, dtype, output_device, progress):
+               window, keep_state, decode_too, device, dtype, output_device, progress, temporal=False):
     if not isinstance(exemplar, Exemplar):
         raise ValueError(f"exemplar must be an Exemplar (see make_exemplar), got {type(exemplar).__name__}")
     if not 0 < float(grid_scale) <= 1:
@@ -307,6 +340,7 @@ def _run_match(exemplar, target_label, target_pose, target_image, model, *, top_
     pl = resolve_placement(label if label is not None else image, model=model, device=device, dtype=dtype,
                            output_device=output_device)
     ex = pl.put(exemplar)                                           # once per call
+    clip = _ClipState(temporal and method != "dynast", exemplar.batch_size == 1)
     windows = list(frame_windows(b, window))
     corrs, states, images = [], [], []
     for i, (s, e) in enumerate(windows):
@@ -315,7 +349,7 @@ def _run_match(exemplar, target_label, target_pose, target_image, model, *, top_
                                              pl.put(_rows(image, s, e)), top_k=top_k, grid_scale=grid_scale,
                                              query_chunk_size=query_chunk_size,
                                              progress=_sub_progress(progress, s, e, b),
-                                             decode_too=decode_too)
+                                             decode_too=decode_too, clip=clip)
             corrs.append(pl.out(corr))
             if keep_state and state is not None:
                 states.append(pl.out(state, dtype=None))
@@ -333,7 +367,7 @@ def _run_match(exemplar, target_label, target_pose, target_image, model, *, top_
 def match(exemplar: Exemplar, *, target_label: Optional[torch.Tensor] = None, target_pose=None,
           target_image: Optional[torch.Tensor] = None, model: Optional[nn.Module] = None, top_k: Optional[int] = None,
           grid_scale: float = 1.0, query_chunk_size: Optional[int] = None, window: Optional[int] = None,
-          keep_state: bool = True, device=None, dtype=None, output_device=None,
+          keep_state: bool = True, temporal: bool = False, device=None, dtype=None, output_device=None,
           progress: Progress = None) -> MatchResult:
     """For every target position, where in the exemplar it takes its appearance from.
 
@@ -352,8 +386,16 @@ def match(exemplar: Exemplar, *, target_label: Optional[torch.Tensor] = None, ta
         query_chunk_size: queries per attention chunk (default: automatic, bounded memory).
         window: frames per window (default: the whole batch).
         keep_state: keep the DynaST features :func:`decode` needs (on the output device).
+        temporal: the targets are the frames of a clip, in order: weight-free, each frame is warm-started from
+            the previous frame's candidates (see :func:`dynast_core.weightfree.match_descriptors`: the previous
+            match is kept where nothing closer is found, steadier and cheaper); with a DynaST model it changes
+            nothing (the learned model's result is kept exactly: its exemplar branch is computed once per call
+            whether or not ``temporal`` is set).
         device, dtype, output_device: see :mod:`dynast_core.runtime`.
         progress: ``progress(step, total)`` over all windows.
+
+    A batch-1 exemplar serving several targets is prepared once per call (the weight-free image pyramid, the
+    DynaST exemplar branch), not once per window or frame.
 
     Returns:
         :class:`MatchResult` on the output device.
@@ -361,7 +403,7 @@ def match(exemplar: Exemplar, *, target_label: Optional[torch.Tensor] = None, ta
     result, _ = _run_match(exemplar, target_label, target_pose, target_image, model, top_k=top_k,
                            grid_scale=grid_scale, query_chunk_size=query_chunk_size, window=window,
                            keep_state=keep_state, decode_too=False, device=device, dtype=dtype,
-                           output_device=output_device, progress=progress)
+                           output_device=output_device, progress=progress, temporal=temporal)
     return result
 
 

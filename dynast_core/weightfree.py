@@ -42,8 +42,9 @@ import torch.nn.functional as F
 
 from .attention._common import chunk_ranges
 from .attention._inference import rows_of, work_dtype
-from .attention import (all_to_key_attention, dynamic_attention, inner_scale_sparse_attention,
-                        inter_scale_sparse_attention)
+from .attention import (all_to_key_attention, dynamic_attention, inner_scale_candidates,
+                        inner_scale_sparse_attention, inter_scale_candidates, inter_scale_sparse_attention,
+                        sparse_attention)
 from .correspondence import Correspondence
 from .stylize import (blend_with_mask, match_batches, match_shorter_side, prepare_mask, preserve_content_color,
                       resize_longer_side)
@@ -176,10 +177,11 @@ def _interrupt(progress: Progress, step: int, total: int) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- matching
+
 def match_descriptors(target: Sequence[torch.Tensor], exemplar: Sequence[torch.Tensor], *, top_k: int = 4,
                       temperature: float = 0.05, propagation_steps: int = 2, confidence_scale: float = 1.0,
                       query_chunk_size: Optional[int] = None, memory_budget: int = MATCH_MEMORY_BUDGET,
-                      progress: Progress = None) -> Correspondence:
+                      progress: Progress = None, init: Optional[torch.Tensor] = None) -> Correspondence:
     """The parameter-free DynaST cascade on two descriptor pyramids.
 
     Args:
@@ -197,6 +199,14 @@ def match_descriptors(target: Sequence[torch.Tensor], exemplar: Sequence[torch.T
         All computation is in float32 for float16/bfloat16 descriptors (``-|q - k|^2 / T`` overflows float16);
         the weights and confidence are returned in the target's dtype.
         progress: ``progress(step, total)`` called after every level (for progress bars / interruption).
+        init: warm start (video: the previous frame's result): ``(B, h0*w0, K0)`` candidate indices on the
+            finest grids (``Correspondence.indices`` of the previous frame against the same exemplar). The
+            coarse levels run as usual; at the finest level, instead of the inter-scale step and the
+            propagation steps, one step ranks the union of the coarse cascade's candidates (the 2x2 children
+            of level 1's top-k) and the previous candidates with their four neighbours' shifted ones
+            (:func:`~dynast_core.attention.inner_scale_candidates`): a position keeps its previous match
+            unless the fresh cascade or a neighbour finds a closer one, and the finest level costs one step
+            instead of three. Ignored for a one-level pyramid.
 
     Returns:
         :class:`Correspondence` from the finest target grid to the finest exemplar grid, ``top_k`` candidates
@@ -207,6 +217,16 @@ def match_descriptors(target: Sequence[torch.Tensor], exemplar: Sequence[torch.T
     b = target[0].shape[0]
     if exemplar[0].shape[0] not in (1, b):
         raise ValueError(f"exemplar batch {exemplar[0].shape[0]} must be 1 or the target batch {b}")
+    if init is not None:
+        n0, nk0 = target[0].shape[-2] * target[0].shape[-1], exemplar[0].shape[-2] * exemplar[0].shape[-1]
+        if init.dim() != 3 or init.shape[0] not in (1, b) or init.shape[1] != n0 or init.dtype.is_floating_point:
+            raise ValueError(f"init must be (B, {n0}, K) integer candidate indices on the finest grids (the "
+                             f"previous frame's correspondence against the same exemplar), got "
+                             f"{tuple(init.shape)} {init.dtype}")
+        if init.numel() and (int(init.min()) < 0 or int(init.max()) >= nk0):
+            raise ValueError(f"init holds indices outside the exemplar grid of {nk0} positions: was it matched "
+                             "against another exemplar or at another size?")
+        init = init.to(target[0].device, torch.long).expand(b, -1, -1)
     # everything in the work dtype (float32 for half inputs: squared distances / T overflow float16), channels-
     # last (the attention operators read rows); the results are cast back to the target's dtype
     out_dtype = target[0].dtype
@@ -244,6 +264,15 @@ def match_descriptors(target: Sequence[torch.Tensor], exemplar: Sequence[torch.T
         qa, ka = _augmented(q, k)
         del q, k
         v = _no_values(ka)
+        if last and init is not None:
+            result = sparse_attention(qa, ka, v, _warm_candidates(topk, init, qa.shape[-2:], ka.shape[-2:]),
+                                      num_candidates=4 * topk.shape[-1] + 5 * init.shape[-1], group=1,
+                                      scale=temperature, return_candidates=k_eff,
+                                      query_chunk_size=query_chunk_size, memory_budget=memory_budget)
+            topk, weights = result.candidate_indices, result.candidate_weights
+            del result
+            _interrupt(progress, levels, total)
+            continue
         for step in range(propagation_steps + 1):
             final = last and step == propagation_steps
             op = inter_scale_sparse_attention if step == 0 else inner_scale_sparse_attention
@@ -278,6 +307,20 @@ def match_descriptors(target: Sequence[torch.Tensor], exemplar: Sequence[torch.T
     return Correspondence(topk, weights.to(out_dtype), (hq, wq), (hk, wk), confidence)
 
 
+def _warm_candidates(coarse_topk: torch.Tensor, init: torch.Tensor, query_size, key_size):
+    """Candidate function of the warm finest step: for each finest query, the 2x2 children of its level-1
+    parent's top-k, then its previous candidates and its four neighbours' shifted ones."""
+    hq, wq = query_size
+    wc = (wq + 1) // 2
+
+    def fn(s, e):
+        pos = torch.arange(s, e, device=init.device)
+        parent = torch.div(pos, wq, rounding_mode="floor") // 2 * wc + (pos % wq) // 2
+        fresh = inter_scale_candidates(coarse_topk.index_select(1, parent), key_size)
+        return torch.cat([fresh, inner_scale_candidates(init, query_size, key_size, s, e)], -1)
+    return fn
+
+
 def _grid_size(size, grid_scale: float) -> Tuple[int, int]:
     if not 0 < grid_scale <= 1:
         raise ValueError(f"grid_scale must be in (0, 1], got {grid_scale}")
@@ -296,11 +339,15 @@ def _levels(target_size, exemplar_size, coarse_side):
 @torch.no_grad()
 def match_images(target: torch.Tensor, exemplar: torch.Tensor, *, grid_scale: float = 1.0, coarse_side: int = 32,
                  top_k: int = 4, temperature: float = 0.05, propagation_steps: int = 2,
-                 query_chunk_size: Optional[int] = None, progress: Progress = None) -> Correspondence:
+                 query_chunk_size: Optional[int] = None, progress: Progress = None,
+                 init: Optional[torch.Tensor] = None, exemplar_cache: Optional[dict] = None) -> Correspondence:
     """Weight-free correspondence from ``target`` to ``exemplar`` (RGB ``(B, 3, H, W)`` in [0, 1]; the exemplar
     may be another size and batch 1).
 
-    ``grid_scale`` < 1 matches on a coarser grid (faster; warps still resample at any resolution).
+    ``grid_scale`` < 1 matches on a coarser grid (faster; warps still resample at any resolution). ``init``:
+    warm start from a previous frame's ``Correspondence.indices`` (see :func:`match_descriptors`).
+    ``exemplar_cache``: a dict kept by the caller for one exemplar over several calls (the frames of a clip):
+    the exemplar's descriptor pyramid is computed at the first call and reused.
 
     Example:
         >>> img = torch.rand(1, 3, 64, 64)
@@ -312,24 +359,34 @@ def match_images(target: torch.Tensor, exemplar: torch.Tensor, *, grid_scale: fl
     _check_rgb(exemplar, "exemplar")
     ts, es = _levels(_grid_size(target.shape[-2:], grid_scale), _grid_size(exemplar.shape[-2:], grid_scale),
                      coarse_side)
-    corr = match_descriptors(image_descriptors(target, ts), image_descriptors(exemplar, es), top_k=top_k,
-                             temperature=temperature, propagation_steps=propagation_steps,
-                             query_chunk_size=query_chunk_size, progress=progress)
+    key = ("image", tuple(es), exemplar.shape, exemplar.device, work_dtype(exemplar))
+    if exemplar_cache is not None and key in exemplar_cache:
+        kd = exemplar_cache[key]
+    else:
+        kd = image_descriptors(exemplar, es)
+        if exemplar_cache is not None:
+            exemplar_cache[key] = kd
+    corr = match_descriptors(image_descriptors(target, ts), list(kd), top_k=top_k, temperature=temperature,
+                             propagation_steps=propagation_steps, query_chunk_size=query_chunk_size,
+                             progress=progress, init=init)
     return corr.to(dtype=target.dtype)
 
 
 @torch.no_grad()
 def match_layouts(target_label: torch.Tensor, exemplar_label: torch.Tensor, *, grid_scale: float = 1.0,
                   coarse_side: int = 32, top_k: int = 4, temperature: float = 0.05, propagation_steps: int = 2,
-                  query_chunk_size: Optional[int] = None, progress: Progress = None) -> Correspondence:
+                  query_chunk_size: Optional[int] = None, progress: Progress = None,
+                  init: Optional[torch.Tensor] = None) -> Correspondence:
     """Weight-free correspondence between two layout maps with the same channels ``(B, L, H, W)`` (for
     example the 20-channel pose labels of :mod:`dynast_core.conditioning`, whose limb distance maps say
-    where each position lies relative to every limb)."""
+    where each position lies relative to every limb). ``init``: warm start (see :func:`match_descriptors`).
+    The channels are standardised with statistics pooled over both maps, so the exemplar's descriptors
+    depend on the target and are built at every call."""
     ts, es = _levels(_grid_size(target_label.shape[-2:], grid_scale),
                      _grid_size(exemplar_label.shape[-2:], grid_scale), coarse_side)
     qd, kd = channel_descriptors(target_label, exemplar_label, ts, es)
     corr = match_descriptors(qd, kd, top_k=top_k, temperature=temperature, propagation_steps=propagation_steps,
-                             query_chunk_size=query_chunk_size, progress=progress)
+                             query_chunk_size=query_chunk_size, progress=progress, init=init)
     return corr.to(dtype=target_label.dtype) if target_label.is_floating_point() else corr
 
 

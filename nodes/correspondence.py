@@ -53,6 +53,10 @@ class Match:
                 "precision": (bridge.PRECISION_INPUT[0], dict(bridge.PRECISION_INPUT[1], tooltip=(
                     "weight-free matching precision (auto = ComfyUI's choice for the device); with a model, the "
                     "precision chosen in its loader is used"))),
+                "temporal": ("BOOLEAN", {"default": False, "tooltip": (
+                    "the targets are a video clip's frames in order: weight-free, each frame starts from the "
+                    "previous frame's match (steadier, faster); with a model it changes nothing (the exemplar is "
+                    "encoded once per clip either way)")}),
                 "model": ("DYNAST_MODEL", {"tooltip": "a DynaST generator; leave empty for weight-free matching"}),
                 "target_label": ("DYNAST_LABEL", {"tooltip": "the target layout label"}),
                 "target_pose": ("POSE_KEYPOINT", {"tooltip": "the target pose (made into a label)"}),
@@ -67,14 +71,15 @@ class Match:
     FUNCTION = "run"
     CATEGORY = CATEGORY
 
-    def run(self, exemplar, top_k, query_chunk_size, grid_scale, precision="auto", model=None, target_label=None,
-            target_pose=None, target_image=None):
+    def run(self, exemplar, top_k, query_chunk_size, grid_scale, precision="auto", temporal=False, model=None,
+            target_label=None, target_pose=None, target_image=None):
         image = convert.image_in(target_image, "target_image") if target_image is not None else None
         size, frames = _target_shape(exemplar, target_label, target_pose, image)
         result = bridge.run(api.match, exemplar, kind="dynast" if model is not None else "weightfree_match",
                             work_size=size, frames=frames, model=model, precision=precision,
                             query_chunk_size=_chunk(query_chunk_size), what="matching", target_label=target_label,
-                            target_pose=target_pose, target_image=image, top_k=top_k, grid_scale=grid_scale)
+                            target_pose=target_pose, target_image=image, top_k=top_k, grid_scale=grid_scale,
+                            temporal=bool(temporal))
         return (result, convert.mask_out(result.confidence()), convert.image_out(result.preview("flow")))
 
 

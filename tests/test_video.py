@@ -104,3 +104,63 @@ def test_pose_clips_with_missing_people_and_mismatched_lengths():
     assert r.batch_size == 3
     one = api.match(ex, target_pose=[_pose()])                  # a clip of one frame is an image
     assert one.batch_size == 1
+
+
+def test_warm_start_is_never_worse_than_per_frame_on_a_static_clip():
+    clip = synthetic_clip("wobble", frames=4, size=64, stylise=None, seed=3)
+    exemplar = api.make_exemplar(clip.frames[:1])
+    still = clip.frames[2:3].expand(3, -1, -1, -1).contiguous()          # a static clip of three frames
+    cold = api.match(exemplar, target_image=still)
+    warm = api.match(exemplar, target_image=still, temporal=True, window=2)
+    assert warm.correspondence.indices.shape == cold.correspondence.indices.shape
+    # frame 0 has no previous frame: the same result; later frames keep the previous match unless a closer
+    # one is found, so the match quality never drops anywhere
+    assert torch.equal(warm.correspondence.indices[0], cold.correspondence.indices[0])
+    cc, wc = cold.confidence(), warm.confidence()
+    assert bool((wc >= cc - 1e-6).all())
+    # the warp blends the top-k candidates by weight, so its error may move by a hair either way
+    err = lambda r: float((api.warp(r) - still).abs().mean())  # noqa: E731
+    assert err(warm) <= 1.02 * err(cold)
+
+
+def test_warm_start_follows_motion_and_checks_its_input():
+    from dynast_core.weightfree import image_descriptors, match_descriptors, pyramid_sizes
+    clip = synthetic_clip("zoom", frames=4, size=64, stylise=None, seed=2)
+    exemplar = api.make_exemplar(clip.frames[:1])
+    warm = api.match(exemplar, target_image=clip.frames, temporal=True)
+    cold = api.match(exemplar, target_image=clip.frames)
+
+    def epe(r, t):
+        flow, valid = clip.flow(t, 0)
+        idx = r.correspondence.indices[t, :, 0]
+        ys, xs = torch.meshgrid(torch.arange(64.0), torch.arange(64.0), indexing="ij")
+        d = ((idx % 64 - (xs + flow[0]).flatten()) ** 2 + (idx // 64 - (ys + flow[1]).flatten()) ** 2).sqrt()
+        return float(d[valid.flatten() > 0.5].mean())
+    # warm frames find the moving content as well as per-frame matching does (a few pixels at most)
+    for t in (1, 2, 3):
+        assert epe(warm, t) <= epe(cold, t) + 2.0
+    sizes = pyramid_sizes((64, 64), 32)
+    q = image_descriptors(clip.frames[1:2], sizes)
+    k = image_descriptors(clip.frames[:1], sizes)
+    with pytest.raises(ValueError, match="previous frame"):
+        match_descriptors(q, k, init=torch.zeros(1, 10, 4, dtype=torch.long))
+    with pytest.raises(ValueError, match="another exemplar"):
+        match_descriptors(q, k, init=torch.full((1, 64 * 64, 4), 64 * 64, dtype=torch.long))
+
+
+def test_the_exemplar_pyramid_is_built_once_per_clip(monkeypatch):
+    import dynast_core.weightfree as wf
+    calls = []
+    real = wf.image_descriptors
+    monkeypatch.setattr(wf, "image_descriptors", lambda img, sizes, **kw: calls.append(img.shape[0]) or
+                        real(img, sizes, **kw))
+    clip = synthetic_clip("pan", frames=4, size=48, stylise=None)
+    exemplar = api.make_exemplar(clip.frames[:1])
+    api.match(exemplar, target_image=clip.frames, window=1)
+    assert len(calls) == 5                            # four target frames, one exemplar
+    calls.clear()
+    api.match(exemplar, target_image=clip.frames, window=2, temporal=True)
+    assert len(calls) == 5
+    calls.clear()                                     # one exemplar per frame: each frame its own
+    api.match(api.make_exemplar(clip.frames.flip(0)), target_image=clip.frames, window=2)
+    assert len(calls) == 4
