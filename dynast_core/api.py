@@ -549,6 +549,7 @@ def stylize(content: torch.Tensor, style: torch.Tensor, *, model: Optional[nn.Mo
     outs = []
     carry = None                                  # (previous stylised frame, previous content) for temporal
     shared_style = pl.put(style) if style.shape[0] == 1 else None
+    style_cache = {} if shared_style is not None else None       # StyA2K: the style encoded once per call
     for i, (s, e) in enumerate(windows):
         c = pl.put(content[s:e])
         st = shared_style if shared_style is not None else pl.put(style[s:e])
@@ -558,7 +559,8 @@ def stylize(content: torch.Tensor, style: torch.Tensor, *, model: Optional[nn.Mo
             if model is not None:
                 from .stylize import stylize as stylize_stya2k
                 out = stylize_stya2k(model, c, st, strength=strength, preserve_color=preserve_color, mask=m,
-                                     size=size, query_chunk_size=query_chunk_size, device=pl.device)
+                                     size=size, query_chunk_size=query_chunk_size, device=pl.device,
+                                     style_cache=style_cache)
                 if hook is not None:
                     hook(1, 1)
             else:

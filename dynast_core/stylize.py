@@ -143,7 +143,7 @@ def match_batches(content: torch.Tensor, style: torch.Tensor):
 def stylize(model: StyA2K, content: torch.Tensor, style: torch.Tensor, *, strength: float = 1.0,
             preserve_color: bool = False, mask: Optional[torch.Tensor] = None, size: Optional[int] = None,
             style_size: Optional[int] = None, query_chunk_size: Optional[int] = None,
-            device=None) -> torch.Tensor:
+            device=None, style_cache: Optional[dict] = None) -> torch.Tensor:
     """Stylise ``content`` with ``style`` using a loaded StyA2K model.
 
     Args:
@@ -162,6 +162,8 @@ def stylize(model: StyA2K, content: torch.Tensor, style: torch.Tensor, *, streng
         query_chunk_size: bounds the attention's working memory.
         device: where to compute (default: the model's device; the model's small modules may live elsewhere
             when a memory manager offloads them).
+        style_cache: a dict the caller keeps for one style over several calls (the windows of a clip): the
+            style's encoder features are computed at the first call and reused.
 
     Returns:
         ``(B, 3, H, W)`` in [0, 1], in the model's dtype (the inputs are cast to the model's device and dtype;
@@ -188,7 +190,15 @@ def stylize(model: StyA2K, content: torch.Tensor, style: torch.Tensor, *, streng
         sp, _ = model.pad_input(s_in)
         # each image is encoded once (strength < 1 reuses the content's features for F(content, content))
         c_feats = model.encode(cp)
-        feats = model.attend_features(c_feats, model.encode(sp), query_chunk_size)
+        key = (tuple(sp.shape), sp.device, sp.dtype)
+        if style_cache is not None and key in style_cache:
+            s_feats = style_cache[key]
+        else:
+            s_feats = model.encode(sp)
+            if style_cache is not None:
+                style_cache[key] = s_feats
+        feats = model.attend_features(c_feats, s_feats, query_chunk_size)
+        del s_feats
         if strength < 1:
             own = model.attend_features(c_feats, c_feats, query_chunk_size)
             feats = {k: strength * feats[k] + (1 - strength) * own[k] for k in feats}

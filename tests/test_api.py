@@ -136,6 +136,14 @@ def test_stylize_batches_windows_and_model(stya2k):
     a = api.stylize(content[:2], style, model=stya2k)
     b = api.stylize(content[:2], style, model=stya2k, window=1)
     assert a.shape == (2, 3, 40, 32) and torch.allclose(a, b, atol=1e-4)
+    # one style for a clip: encoded once per call, not once per window (content frames are encoded once each)
+    encoded, orig = [], stya2k.vgg.encode
+    stya2k.vgg.encode = lambda x, levels=(3, 4, 5): encoded.append(x.shape[0]) or orig(x, levels)
+    try:
+        api.stylize(content, style, model=stya2k, window=1)
+    finally:
+        del stya2k.vgg.encode
+    assert encoded == [1, 1, 1, 1]                    # three content windows + the style, once
     with pytest.raises(ValueError, match="do not pair up"):
         api.stylize(content, _rand(2, 3, 32, 32))
     with pytest.raises(ValueError, match="mask batch"):
