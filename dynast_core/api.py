@@ -388,7 +388,7 @@ def match(exemplar: Exemplar, *, target_label: Optional[torch.Tensor] = None, ta
         keep_state: keep the DynaST features :func:`decode` needs (on the output device).
         temporal: the targets are the frames of a clip, in order: weight-free, each frame is warm-started from
             the previous frame's candidates (see :func:`dynast_core.weightfree.match_descriptors`: the previous
-            match is kept where nothing closer is found, steadier and cheaper); with a DynaST model it changes
+            match is kept where nothing closer is found: fewer outliers, steadier); with a DynaST model it changes
             nothing (the learned model's result is kept exactly: its exemplar branch is computed once per call
             whether or not ``temporal`` is set).
         device, dtype, output_device: see :mod:`dynast_core.runtime`.

@@ -201,12 +201,13 @@ def match_descriptors(target: Sequence[torch.Tensor], exemplar: Sequence[torch.T
         progress: ``progress(step, total)`` called after every level (for progress bars / interruption).
         init: warm start (video: the previous frame's result): ``(B, h0*w0, K0)`` candidate indices on the
             finest grids (``Correspondence.indices`` of the previous frame against the same exemplar). The
-            coarse levels run as usual; at the finest level, instead of the inter-scale step and the
-            propagation steps, one step ranks the union of the coarse cascade's candidates (the 2x2 children
-            of level 1's top-k) and the previous candidates with their four neighbours' shifted ones
-            (:func:`~dynast_core.attention.inner_scale_candidates`): a position keeps its previous match
-            unless the fresh cascade or a neighbour finds a closer one, and the finest level costs one step
-            instead of three. Ignored for a one-level pyramid.
+            coarse levels run as usual; the finest level's first step ranks, instead of the 2x2 children of
+            level 1's top-k alone, their union with the previous candidates and their four neighbours'
+            shifted ones (:func:`~dynast_core.attention.inner_scale_candidates`); the propagation steps
+            follow as usual. A position keeps its previous match unless the fresh cascade or a neighbour
+            finds a closer one: on a static clip the match never gets worse than per frame, on moving
+            clips it has fewer outliers (``benchmarks/video.py``). About the cost of a cold match.
+            Ignored for a one-level pyramid.
 
     Returns:
         :class:`Correspondence` from the finest target grid to the finest exemplar grid, ``top_k`` candidates
@@ -264,21 +265,20 @@ def match_descriptors(target: Sequence[torch.Tensor], exemplar: Sequence[torch.T
         qa, ka = _augmented(q, k)
         del q, k
         v = _no_values(ka)
-        if last and init is not None:
-            result = sparse_attention(qa, ka, v, _warm_candidates(topk, init, qa.shape[-2:], ka.shape[-2:]),
-                                      num_candidates=4 * topk.shape[-1] + 5 * init.shape[-1], group=1,
-                                      scale=temperature, return_candidates=k_eff,
-                                      query_chunk_size=query_chunk_size, memory_budget=memory_budget)
-            topk, weights = result.candidate_indices, result.candidate_weights
-            del result
-            _interrupt(progress, levels, total)
-            continue
         for step in range(propagation_steps + 1):
             final = last and step == propagation_steps
-            op = inter_scale_sparse_attention if step == 0 else inner_scale_sparse_attention
-            result = op(qa, ka, v, topk, scale=temperature, top_k=k_eff, return_topk=not final,
-                        return_candidates=k_eff if final else False, query_chunk_size=query_chunk_size,
-                        memory_budget=memory_budget)
+            if step == 0 and last and init is not None:
+                # warm start: the coarse cascade's candidates and the previous frame's (with their neighbours')
+                result = sparse_attention(qa, ka, v, _warm_candidates(topk, init, qa.shape[-2:], ka.shape[-2:]),
+                                          num_candidates=4 * topk.shape[-1] + 5 * init.shape[-1], group=1,
+                                          scale=temperature, top_k=0 if final else k_eff,
+                                          return_candidates=k_eff if final else False,
+                                          query_chunk_size=query_chunk_size, memory_budget=memory_budget)
+            else:
+                op = inter_scale_sparse_attention if step == 0 else inner_scale_sparse_attention
+                result = op(qa, ka, v, topk, scale=temperature, top_k=k_eff, return_topk=not final,
+                            return_candidates=k_eff if final else False, query_chunk_size=query_chunk_size,
+                            memory_budget=memory_budget)
             if final:
                 topk, weights = result.candidate_indices, result.candidate_weights
             else:

@@ -55,7 +55,7 @@ class Match:
                     "precision chosen in its loader is used"))),
                 "temporal": ("BOOLEAN", {"default": False, "tooltip": (
                     "the targets are a video clip's frames in order: weight-free, each frame starts from the "
-                    "previous frame's match (steadier, faster); with a model it changes nothing (the exemplar is "
+                    "previous frame's match (fewer outliers, steadier); with a model it changes nothing (the exemplar is "
                     "encoded once per clip either way)")}),
                 "model": ("DYNAST_MODEL", {"tooltip": "a DynaST generator; leave empty for weight-free matching"}),
                 "target_label": ("DYNAST_LABEL", {"tooltip": "the target layout label"}),
