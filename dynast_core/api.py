@@ -328,7 +328,8 @@ class _ClipState:
 
 
 def _run_match(exemplar, target_label, target_pose, target_image, model, *, top_k, grid_scale, query_chunk_size,
-               window, keep_state, decode_too, device, dtype, output_device, progress, temporal=False):
+               window, keep_state, decode_too, device, dtype, output_device, progress, temporal=False,
+               previous=None):
     if not isinstance(exemplar, Exemplar):
         raise ValueError(f"exemplar must be an Exemplar (see make_exemplar), got {type(exemplar).__name__}")
     if not 0 < float(grid_scale) <= 1:
@@ -340,7 +341,12 @@ def _run_match(exemplar, target_label, target_pose, target_image, model, *, top_
     pl = resolve_placement(label if label is not None else image, model=model, device=device, dtype=dtype,
                            output_device=output_device)
     ex = pl.put(exemplar)                                           # once per call
-    clip = _ClipState(temporal and method != "dynast", exemplar.batch_size == 1)
+    clip = _ClipState((temporal or previous is not None) and method != "dynast", exemplar.batch_size == 1)
+    if previous is not None and clip.temporal:
+        if not isinstance(previous, MatchResult) or previous.method != method or previous.target_size != size:
+            raise ValueError("previous must be the MatchResult of the preceding frame, matched the same way "
+                             f"({method}) at the same size {size}")
+        clip.previous = pl.put(previous.correspondence.indices[-1:])
     windows = list(frame_windows(b, window))
     corrs, states, images = [], [], []
     for i, (s, e) in enumerate(windows):
@@ -367,8 +373,8 @@ def _run_match(exemplar, target_label, target_pose, target_image, model, *, top_
 def match(exemplar: Exemplar, *, target_label: Optional[torch.Tensor] = None, target_pose=None,
           target_image: Optional[torch.Tensor] = None, model: Optional[nn.Module] = None, top_k: Optional[int] = None,
           grid_scale: float = 1.0, query_chunk_size: Optional[int] = None, window: Optional[int] = None,
-          keep_state: bool = True, temporal: bool = False, device=None, dtype=None, output_device=None,
-          progress: Progress = None) -> MatchResult:
+          keep_state: bool = True, temporal: bool = False, previous: Optional["MatchResult"] = None, device=None,
+          dtype=None, output_device=None, progress: Progress = None) -> MatchResult:
     """For every target position, where in the exemplar it takes its appearance from.
 
     With a DynaST ``model``: the learned dynamic sparse attention on the layouts (the exemplar needs a
@@ -391,6 +397,8 @@ def match(exemplar: Exemplar, *, target_label: Optional[torch.Tensor] = None, ta
             match is kept where nothing closer is found: fewer outliers, steadier); with a DynaST model it changes
             nothing (the learned model's result is kept exactly: its exemplar branch is computed once per call
             whether or not ``temporal`` is set).
+        previous: the result of the frame before these targets (a clip processed piece by piece): the first
+            target is warm-started from its last frame, as ``temporal`` does within a call (weight-free only).
         device, dtype, output_device: see :mod:`dynast_core.runtime`.
         progress: ``progress(step, total)`` over all windows.
 
@@ -403,7 +411,8 @@ def match(exemplar: Exemplar, *, target_label: Optional[torch.Tensor] = None, ta
     result, _ = _run_match(exemplar, target_label, target_pose, target_image, model, top_k=top_k,
                            grid_scale=grid_scale, query_chunk_size=query_chunk_size, window=window,
                            keep_state=keep_state, decode_too=False, device=device, dtype=dtype,
-                           output_device=output_device, progress=progress, temporal=temporal)
+                           output_device=output_device, progress=progress, temporal=temporal,
+                           previous=previous)
     return result
 
 

@@ -149,6 +149,7 @@ def propagate_keyframes(frames: torch.Tensor, keyframe_indices, keyframes: torch
     originals = [pl.put(frames[k:k + 1]) for k in keys]
     exemplars = [make_exemplar(o) for o in originals]
     images, masks = [], []
+    last = [None] * len(keys)                        # each keyframe's previous match: the warm start of the next
     for t in range(n):
         frame = pl.put(frames[t:t + 1])
         w_time = _time_weights(t, keys)
@@ -163,7 +164,8 @@ def propagate_keyframes(frames: torch.Tensor, keyframe_indices, keyframes: torch
             if w_time[i] <= 0:
                 continue
             r = match(exemplars[i], target_image=frame, grid_scale=grid_scale, query_chunk_size=query_chunk_size,
-                      dtype=pl.dtype)
+                      dtype=pl.dtype, previous=last[i])
+            last[i] = r
             conf = r.confidence() * _agreement(warp(r, originals[i]), frame)
             carried = warp(r, styled[i:i + 1]).float()
             weight = w_time[i] * conf + 1e-6 * w_time[i]

@@ -164,3 +164,15 @@ def test_the_exemplar_pyramid_is_built_once_per_clip(monkeypatch):
     calls.clear()                                     # one exemplar per frame: each frame its own
     api.match(api.make_exemplar(clip.frames.flip(0)), target_image=clip.frames, window=2)
     assert len(calls) == 4
+
+
+def test_a_clip_matched_piece_by_piece_with_previous_equals_one_temporal_call():
+    clip = synthetic_clip("object", frames=3, size=48, stylise=None, seed=4)
+    exemplar = api.make_exemplar(clip.frames[:1])
+    whole = api.match(exemplar, target_image=clip.frames, temporal=True)
+    prev = None
+    for t in range(3):
+        prev = api.match(exemplar, target_image=clip.frames[t:t + 1], previous=prev)
+        assert torch.equal(prev.correspondence.indices[0], whole.correspondence.indices[t])
+    with pytest.raises(ValueError, match="preceding frame"):
+        api.match(exemplar, target_image=clip.frames[:1, :, :40], previous=prev)
