@@ -23,7 +23,9 @@ target's size (the official code uses equal sizes).
 
 Matching and decoding are split: :meth:`DynaSTGenerator.match` runs the encoders and transformers and
 returns a :class:`DynaSTMatch` (per-scale features and correspondences); :meth:`DynaSTGenerator.decode`
-runs only the synthesis path on it.
+runs only the synthesis path on it. The exemplar branch (everything that does not read the target label) can
+be computed once with :meth:`DynaSTGenerator.encode_exemplar` and passed to ``match`` as ``exemplar_cache``
+for every frame of a clip (inference only).
 """
 from __future__ import annotations
 
@@ -31,7 +33,7 @@ import json
 import os
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Union
+from typing import Dict, Iterator, List, Mapping, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -45,8 +47,8 @@ from ..correspondence import Correspondence
 from .blocks import DenseTransformerBlock, FeatureGenerator, SPADEResnetBlock, SparseTransformerBlock, reflect_pad1
 
 __all__ = ["DynaSTConfig", "DYNAST_PRESETS", "dynast_config", "infer_dynast_config", "DynaSTGenerator",
-           "DynaSTMatch", "DynaSTOutput", "load_dynast", "convert_dynast_checkpoint", "save_dynast_safetensors",
-           "generate"]
+           "DynaSTMatch", "DynaSTExemplarCache", "DynaSTOutput", "load_dynast", "convert_dynast_checkpoint",
+           "save_dynast_safetensors", "generate"]
 
 FORMAT = "dynast_core.DynaSTGenerator"
 
@@ -169,6 +171,60 @@ class DynaSTMatch:
                            torch.cat([m.label for m in items]), first.size)
 
 
+@dataclass(frozen=True, eq=False)
+class DynaSTExemplarCache:
+    """The exemplar branch of :meth:`DynaSTGenerator.match`, computed once by
+    :meth:`DynaSTGenerator.encode_exemplar` for targets of one size (e.g. every frame of a clip).
+
+    Per scale ``s`` (4 = 1/8 ... 1 = full, on the padded grid): ``kv[s]`` the exemplar features (after
+    ``embed_kv{s}``, the attention values), ``key[s]`` their key embedding (``feature_normalize(kv[s])`` and the
+    position embedding, shared by every block of the scale), ``pos[s]`` the position embedding ``(1, P, h, w)``
+    (it depends only on the grid; the target branch reads it too). ``exemplar``: the exemplar resized to
+    ``size`` and reflection-padded to a multiple of 8 (the values of the warp branch); ``size``: the unpadded
+    target ``(H, W)`` it was made for. Its batch is 1 (one exemplar shared by every target) or the target batch.
+
+    Made without autograd, for inference; it belongs to the model (and weights) that made it. Read-only.
+    """
+
+    kv: Mapping[int, torch.Tensor]
+    key: Mapping[int, torch.Tensor]
+    pos: Mapping[int, torch.Tensor]
+    exemplar: torch.Tensor
+    size: Tuple[int, int]
+
+    @property
+    def batch_size(self) -> int:
+        return self.exemplar.shape[0]
+
+    @property
+    def device(self) -> torch.device:
+        return self.kv[4].device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.kv[4].dtype
+
+    def to(self, device=None, dtype: Optional[torch.dtype] = None) -> "DynaSTExemplarCache":
+        """A copy on ``device`` / in ``dtype`` (the memory format is kept)."""
+        def move(d):
+            return {k: v.to(device=device, dtype=dtype) for k, v in d.items()}
+        return DynaSTExemplarCache(move(self.kv), move(self.key), move(self.pos),
+                                   self.exemplar.to(device=device, dtype=dtype), self.size)
+
+    def _scales(self) -> Iterator[tuple]:
+        for s in (4, 3, 2, 1):
+            yield s, self.kv[s], self.key[s], self.pos[s]
+
+
+def _batched(t: Optional[torch.Tensor], b: int) -> Optional[torch.Tensor]:
+    """``t`` (batch 1) repeated to batch ``b`` in its own memory format (a real tensor, as the exemplar branch
+    computed at batch ``b`` would give: the convolutions that read it see the same layout)."""
+    if t is None or t.shape[0] == b:
+        return t
+    cl = t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
+    return t.expand(b, *t.shape[1:]).contiguous(memory_format=torch.channels_last if cl else torch.contiguous_format)
+
+
 @dataclass
 class DynaSTOutput:
     """``image``: ``(B, 3, H, W)`` in [-1, 1]; ``correspondence``: finest scale; ``confidence``: per scale."""
@@ -225,38 +281,63 @@ class DynaSTGenerator(nn.Module):
                                         nn.Tanh())
 
     # ------------------------------------------------------------------ inputs
-    def _check(self, label, exemplar, exemplar_label):
+    def _check_tensor(self, name, t, c):
         nc = self.config.semantic_nc
-        for name, t, c in (("label", label, nc), ("exemplar", exemplar, 3), ("exemplar_label", exemplar_label, nc)):
-            if not isinstance(t, torch.Tensor) or t.dim() != 4 or t.shape[1] != c:
-                raise ValueError(f"{name} must be (B, {c}, H, W) for this model (semantic_nc={nc}), got "
-                                 f"{getattr(t, 'shape', type(t).__name__)}")
-        if min(label.shape[-2:]) < 16:
-            raise ValueError(f"label is {label.shape[-2]}x{label.shape[-1]}: at least 16 pixels per side are needed")
-        b = label.shape[0]
-        if exemplar.shape[0] != exemplar_label.shape[0] or exemplar.shape[0] not in (1, b):
+        if not isinstance(t, torch.Tensor) or t.dim() != 4 or t.shape[1] != c:
+            raise ValueError(f"{name} must be (B, {c}, H, W) for this model (semantic_nc={nc}), got "
+                             f"{getattr(t, 'shape', type(t).__name__)}")
+
+    @staticmethod
+    def _check_size(size, what="label"):
+        if min(size) < 16:
+            raise ValueError(f"{what} is {size[0]}x{size[1]}: at least 16 pixels per side are needed")
+
+    def _check_exemplar(self, exemplar, exemplar_label):
+        self._check_tensor("exemplar", exemplar, 3)
+        self._check_tensor("exemplar_label", exemplar_label, self.config.semantic_nc)
+        if exemplar.shape[0] != exemplar_label.shape[0]:
             raise ValueError(f"exemplar batch {exemplar.shape[0]} and exemplar_label batch "
-                             f"{exemplar_label.shape[0]} must agree and be 1 or the label batch {b}")
+                             f"{exemplar_label.shape[0]} must agree")
         if exemplar.shape[-2:] != exemplar_label.shape[-2:]:
             raise ValueError(f"exemplar {tuple(exemplar.shape[-2:])} and exemplar_label "
                              f"{tuple(exemplar_label.shape[-2:])} must have the same size")
 
-    def prepare(self, label, exemplar, exemplar_label):
-        """Validate, broadcast the exemplar batch, resize the exemplar to the label's size and pad to x8."""
-        self._check(label, exemplar, exemplar_label)
-        b, (h, w) = label.shape[0], label.shape[-2:]
-        if exemplar.shape[0] == 1 and b > 1:
-            exemplar, exemplar_label = exemplar.expand(b, -1, -1, -1), exemplar_label.expand(b, -1, -1, -1)
+    def _check(self, label, exemplar, exemplar_label):
+        nc = self.config.semantic_nc
+        for name, t, c in (("label", label, nc), ("exemplar", exemplar, 3), ("exemplar_label", exemplar_label, nc)):
+            self._check_tensor(name, t, c)
+        self._check_size(tuple(label.shape[-2:]))
+        b = label.shape[0]
+        if exemplar.shape[0] != exemplar_label.shape[0] or exemplar.shape[0] not in (1, b):
+            raise ValueError(f"exemplar batch {exemplar.shape[0]} and exemplar_label batch "
+                             f"{exemplar_label.shape[0]} must agree and be 1 or the label batch {b}")
+        self._check_exemplar(exemplar, exemplar_label)
+
+    @staticmethod
+    def _pad8(x: torch.Tensor) -> torch.Tensor:
+        """Reflection padding at the bottom and right to a multiple of 8."""
+        h, w = x.shape[-2:]
+        ph, pw = (-h) % 8, (-w) % 8
+        return F.pad(x, (0, pw, 0, ph), mode="reflect") if ph or pw else x
+
+    def _prepare_exemplar(self, exemplar, exemplar_label, size):
+        """The exemplar (any batch) resized to the target ``size`` and padded to x8 (no validation)."""
+        h, w = size
         if exemplar.shape[-2:] != (h, w):
             # antialiased resampling has no half-precision CPU kernel: resample in float32
             exemplar = F.interpolate(exemplar.to(work_dtype(exemplar)), size=(h, w), mode="bilinear",
                                      align_corners=False, antialias=True).to(exemplar.dtype)
             exemplar_label = F.interpolate(exemplar_label, size=(h, w), mode="nearest")
-        ph, pw = (-h) % 8, (-w) % 8
-        if ph or pw:
-            pad = lambda x: F.pad(x, (0, pw, 0, ph), mode="reflect")  # noqa: E731
-            label, exemplar, exemplar_label = pad(label), pad(exemplar), pad(exemplar_label)
-        return label, exemplar, exemplar_label, (h, w)
+        return self._pad8(exemplar), self._pad8(exemplar_label)
+
+    def prepare(self, label, exemplar, exemplar_label):
+        """Validate, broadcast the exemplar batch, resize the exemplar to the label's size and pad to x8."""
+        self._check(label, exemplar, exemplar_label)
+        b, (h, w) = label.shape[0], label.shape[-2:]
+        exemplar, exemplar_label = self._prepare_exemplar(exemplar, exemplar_label, (h, w))
+        if exemplar.shape[0] == 1 and b > 1:
+            exemplar, exemplar_label = exemplar.expand(b, -1, -1, -1), exemplar_label.expand(b, -1, -1, -1)
+        return self._pad8(label), exemplar, exemplar_label, (h, w)
 
     def position_embedding(self, size, like: Optional[torch.Tensor] = None) -> torch.Tensor:
         """The position embedding ``(1, P, h, w)`` on a ``size`` 1/8 grid (resampled when it differs from the
@@ -289,62 +370,163 @@ class DynaSTGenerator(nn.Module):
             cache[key] = reflect_pad1(resized)
         return resized, cache[key]
 
+    # ------------------------------------------------------------------ exemplar branch
+    def _exemplar_branch(self, ref: torch.Tensor, fast: bool,
+                         like: Optional[torch.Tensor] = None) -> Iterator[tuple]:
+        """The exemplar branch, one scale at a time: yields ``(s, kv, key, pos)`` for s = 4, 3, 2, 1.
+
+        ``ref``: the prepared exemplar and its label, concatenated (channels-last in inference); ``kv``: the
+        features after ``embed_kv{s}``; ``key``: ``blocks[0].embed(kv, pos)`` in inference (the same for every
+        block of the scale), else None; ``pos``: the position embedding on the grid, in the dtype, device and
+        memory format of ``like`` (default: the 1/8 exemplar features). Lazy, so a caller that consumes one
+        scale at a time holds one scale of it at a time."""
+        kv_prev = dict(zip((4, 3, 2, 1), self.encoder_kv(ref)))
+        segs: dict = {}
+        kv = pos = None
+        for s in (4, 3, 2, 1):
+            if s == 4:
+                grid = kv_prev[4].shape[-2:]
+                kv = self.embed_kv4(kv_prev.pop(4), *self._segs(segs, ref, grid, fast))
+                pos = self.position_embedding(grid, kv if like is None else like)
+                like = None
+            else:
+                dkv = getattr(self, f"decoder_kv{s + 1}{s}")(kv)
+                dkv = dkv.add_(kv_prev.pop(s)) if fast else dkv + kv_prev.pop(s)
+                kv = getattr(self, f"embed_kv{s}")(dkv, *self._segs(segs, ref, dkv.shape[-2:], fast))
+                del dkv
+                pos = getattr(self, f"pos_{s + 1}{s}")(pos)
+            segs.clear()                                      # the exemplar's label is read once per scale
+            # the key is not kept here: the caller frees it after the scale's blocks
+            yield s, kv, (getattr(self, f"transformer_{s}")[0].embed(kv, pos) if fast else None), pos
+
+    def encode_exemplar(self, exemplar: torch.Tensor, exemplar_label: torch.Tensor, size) -> DynaSTExemplarCache:
+        """The exemplar branch of :meth:`match` for targets of ``size`` ``(H, W)`` (unpadded), computed once.
+
+        ``exemplar`` ``(N, 3, h, w)`` in [-1, 1] and ``exemplar_label`` ``(N, L, h, w)`` are resized to ``size``
+        and padded to a multiple of 8 exactly as :meth:`match` does; ``N`` is 1 (one exemplar shared by every
+        target: the cache serves any target batch) or the target batch. Pass the result as
+        ``match(label, exemplar_cache=cache)`` for every label of that size (e.g. each frame or batch of frames
+        of a clip): the results equal ``match(label, exemplar, exemplar_label)`` exactly (``match`` without a
+        cache runs this same branch, at the exemplar's batch). Runs without autograd (the cache is for
+        inference). It holds every scale at once: about 300 MiB for a 512x512 target in float32 with the
+        official widths (ngf 64).
+        """
+        self._check_exemplar(exemplar, exemplar_label)
+        try:
+            size = (int(size[0]), int(size[1]))
+        except (TypeError, IndexError, ValueError):
+            raise ValueError(f"size must be the target (H, W), got {size!r}") from None
+        self._check_size(size, "the target size")
+        with torch.no_grad(), _cpu_inference_heap(exemplar):
+            exemplar, exemplar_label = self._prepare_exemplar(exemplar, exemplar_label, size)
+            ref = torch.cat([exemplar, exemplar_label], 1).contiguous(memory_format=torch.channels_last)
+            del exemplar_label
+            kv, key, pos = {}, {}, {}
+            for s, kv[s], key[s], pos[s] in self._exemplar_branch(ref, fast=True):
+                pass
+        return DynaSTExemplarCache(kv, key, pos, exemplar, size)
+
+    def _check_cache(self, cache, label, exemplar, exemplar_label):
+        if not isinstance(cache, DynaSTExemplarCache):
+            raise ValueError(f"exemplar_cache must be a DynaSTExemplarCache from encode_exemplar, got "
+                             f"{type(cache).__name__}")
+        if exemplar is not None or exemplar_label is not None:
+            raise ValueError("pass either exemplar and exemplar_label or exemplar_cache, not both")
+        if torch.is_grad_enabled():
+            raise ValueError("an exemplar cache is for inference (it holds no autograd graph): call match under "
+                             "torch.no_grad() or torch.inference_mode(), or pass exemplar and exemplar_label")
+        self._check_tensor("label", label, self.config.semantic_nc)
+        size, want = tuple(label.shape[-2:]), tuple(cache.size)
+        self._check_size(size)
+        if size != want:
+            raise ValueError(f"this exemplar cache was made for {want[0]}x{want[1]} targets and the label is "
+                             f"{size[0]}x{size[1]}; call encode_exemplar with the target size {size}")
+        b = label.shape[0]
+        if cache.batch_size not in (1, b):
+            raise ValueError(f"this exemplar cache holds {cache.batch_size} exemplars and the label batch is {b}: "
+                             f"call encode_exemplar with one exemplar (shared by every target) or with {b}")
+        if cache.device != label.device or cache.dtype != label.dtype:
+            raise ValueError(f"this exemplar cache is {cache.dtype} on {cache.device} and the label {label.dtype} on "
+                             f"{label.device}: call encode_exemplar with the exemplar on the label's device and "
+                             f"dtype, or move the cache with cache.to(device, dtype)")
+        if any(cache.kv[s].shape[1] != self.config.width(s) for s in (4, 3, 2, 1)):
+            raise ValueError("this exemplar cache was made by a model with another configuration: call "
+                             "encode_exemplar on this model")
+
     # ------------------------------------------------------------------ match / decode
-    def match(self, label: torch.Tensor, exemplar: torch.Tensor, exemplar_label: torch.Tensor, *,
-              warp_exemplar: bool = False, warp_exclude: str = "kept", query_chunk_size: Optional[int] = None,
-              top_k: Optional[int] = None, progress=None) -> DynaSTMatch:
+    def match(self, label: torch.Tensor, exemplar: Optional[torch.Tensor] = None,
+              exemplar_label: Optional[torch.Tensor] = None, *,
+              exemplar_cache: Optional[DynaSTExemplarCache] = None, warp_exemplar: bool = False,
+              warp_exclude: str = "kept", query_chunk_size: Optional[int] = None, top_k: Optional[int] = None,
+              progress=None) -> DynaSTMatch:
         """Encoders and transformer blocks of every scale: the correspondence part of the network.
 
-        ``warp_exemplar`` also computes the warp branch of the training loss (the exemplar, average-pooled
-        to each scale, warped by each block's attention); ``top_k`` overrides the configured number of
-        candidates carried between scales; ``progress(step, 4)`` is called per scale.
+        The exemplar branch is computed from ``exemplar`` and ``exemplar_label``, or taken from
+        ``exemplar_cache`` (:meth:`encode_exemplar`, inference only; then leave both None): the same results,
+        without recomputing the exemplar for every call. ``warp_exemplar`` also computes the warp branch of the
+        training loss (the exemplar, average-pooled to each scale, warped by each block's attention); ``top_k``
+        overrides the configured number of candidates carried between scales; ``progress(step, 4)`` is called
+        per scale.
         """
         k_carry = self.config.top_k if top_k is None else int(top_k)
         if k_carry < 1:
             raise ValueError(f"top_k must be at least 1, got {top_k}")
+        if exemplar_cache is not None:
+            self._check_cache(exemplar_cache, label, exemplar, exemplar_label)
+        elif exemplar is None or exemplar_label is None:
+            raise ValueError("match needs exemplar and exemplar_label, or an exemplar_cache from encode_exemplar")
         with _cpu_inference_heap(label):
             return self._match(label, exemplar, exemplar_label, warp_exemplar, warp_exclude, query_chunk_size,
-                               k_carry, progress)
+                               k_carry, progress, exemplar_cache)
 
     def _match(self, label, exemplar, exemplar_label, warp_exemplar, warp_exclude, query_chunk_size, k_carry,
-               progress) -> DynaSTMatch:
-        label, exemplar, exemplar_label, size = self.prepare(label, exemplar, exemplar_label)
-        ref = torch.cat([exemplar, exemplar_label], 1)
+               progress, cache: Optional[DynaSTExemplarCache] = None) -> DynaSTMatch:
         fast = not torch.is_grad_enabled()
+        ref = branch = None
+        if cache is None:
+            # the exemplar branch runs at the exemplar's own batch (1 when it is shared) and is repeated to the
+            # target batch where the blocks read it: the same per-scale code as encode_exemplar
+            self._check(label, exemplar, exemplar_label)
+            size = tuple(label.shape[-2:])
+            exemplar, exemplar_label = self._prepare_exemplar(exemplar, exemplar_label, size)
+            ref = torch.cat([exemplar, exemplar_label], 1)
+            del exemplar_label
+        else:
+            size, exemplar, branch = tuple(cache.size), cache.exemplar, cache._scales()
+        label = self._pad8(label)
+        b = label.shape[0]
         if fast:
             # inference: every activation channels-last from here on (the convolutions' native layout on the
             # CPU, a contiguous channel reduction for the norms, and the attention's row layout for free)
             label = label.contiguous(memory_format=torch.channels_last)
-            ref = ref.contiguous(memory_format=torch.channels_last)
+            ref = ref.contiguous(memory_format=torch.channels_last) if ref is not None else None
+        if warp_exemplar and exemplar.shape[0] != b:
+            exemplar = exemplar.expand(b, -1, -1, -1)
         segs_q: dict = {}
-        segs_kv: dict = {}
         q_prev = dict(zip((4, 3, 2, 1), self.encoder_q(label)))
-        kv_prev = dict(zip((4, 3, 2, 1), self.encoder_kv(ref)))
         features, corrs, confs, warped = {}, {}, {}, []
         topk = q = kv = pos = None
         for s in (4, 3, 2, 1):
             if s == 4:
                 grid = q_prev[4].shape[-2:]
                 q = self.embed_q4(q_prev.pop(4), *self._segs(segs_q, label, grid, fast))
-                kv = self.embed_kv4(kv_prev.pop(4), *self._segs(segs_kv, ref, grid, fast))
-                pos = self.position_embedding(q.shape[-2:], q)
+                if branch is None:
+                    branch = self._exemplar_branch(ref, fast, like=q)   # pos in the target features' layout
+                    ref = None
             else:
                 segs_q.clear()                                # the label at the previous scale is done
                 dq = getattr(self, f"decoder_q{s + 1}{s}")(q)
                 dq = dq.add_(q_prev.pop(s)) if fast else dq + q_prev.pop(s)
                 q = getattr(self, f"embed_q{s}")(dq, *self._segs(segs_q, label, dq.shape[-2:], fast))
-                dkv = getattr(self, f"decoder_kv{s + 1}{s}")(kv)
-                dkv = dkv.add_(kv_prev.pop(s)) if fast else dkv + kv_prev.pop(s)
-                kv = getattr(self, f"embed_kv{s}")(dkv, *self._segs(segs_kv, ref, dkv.shape[-2:], fast))
-                del dq, dkv
-                pos = getattr(self, f"pos_{s + 1}{s}")(pos)
-                segs_kv.clear()                               # the exemplar's label is read once per scale
+                del dq
+            kv = key = None                                   # the previous scale's, before the next is made
+            _, kv, key, pos = next(branch)
+            kv, key = _batched(kv, b), _batched(key, b)
             wv = F.avg_pool2d(exemplar, 2 ** (s - 1)) if warp_exemplar and s > 1 else (exemplar if warp_exemplar
                                                                                        else None)
             x = q
             seg, seg_padded = self._segs(segs_q, label, q.shape[-2:], fast)
             blocks = getattr(self, f"transformer_{s}")
-            key = blocks[0].embed(kv, pos) if fast else None        # the same for every block of the scale
             for i, block in enumerate(blocks):
                 last = i == len(blocks) - 1
                 if s == 4:
