@@ -280,8 +280,9 @@ def _match_window(method, model, ex: Exemplar, label, image, *, top_k, grid_scal
                   decode_too: bool, clip: "_ClipState"):
     """One window on the compute device: (correspondence, DynaST state or None, decoded image or None)."""
     if method == "dynast":
-        m = model.match(label, ex.image * 2 - 1, ex.label, top_k=top_k, query_chunk_size=query_chunk_size,
-                        progress=progress, **clip.dynast_kwargs(model, ex, label))
+        cache = clip.dynast_cache(model, ex, label)
+        m = model.match(label, None if cache else ex.image * 2 - 1, None if cache else ex.label, top_k=top_k,
+                        query_chunk_size=query_chunk_size, progress=progress, exemplar_cache=cache)
         img = ((model.decode(m) + 1) / 2).clamp(0, 1) if decode_too else None
         return m.correspondence, m.for_decode(), img
     from .weightfree import match_images, match_layouts
@@ -318,13 +319,15 @@ class _ClipState:
     def weight_free_cache(self, ex: Exemplar) -> Optional[dict]:
         return self._wf if self.shared else None
 
-    def dynast_kwargs(self, model, ex: Exemplar, label) -> dict:
+    def dynast_cache(self, model, ex: Exemplar, label):
+        """The DynaST exemplar branch, computed at the first window (None: per call, e.g. one exemplar per
+        frame, or a model without ``encode_exemplar``)."""
         encode = getattr(model, "encode_exemplar", None)
         if not self.shared or encode is None or torch.is_grad_enabled():
-            return {}
+            return None
         if self._dynast is None:
             self._dynast = encode(ex.image * 2 - 1, ex.label, tuple(label.shape[-2:]))
-        return {"exemplar_cache": self._dynast}
+        return self._dynast
 
 
 def _run_match(exemplar, target_label, target_pose, target_image, model, *, top_k, grid_scale, query_chunk_size,

@@ -108,3 +108,22 @@ def test_a_cache_that_does_not_fit_says_what_to_do():
             model.encode_exemplar(ex, exl, (8, 64))
     with pytest.raises(ValueError, match=r"for inference.*torch\.no_grad"):
         model.match(lab, exemplar_cache=cache)                           # autograd on: training needs the branch
+
+
+def test_api_calls_encode_a_clips_exemplar_once_across_windows():
+    from dynast_core import api
+    model = _model(3)
+    labels, ex, ex_label = _inputs(b=3)
+    exemplar = api.make_exemplar((ex + 1) / 2, label=ex_label)
+    calls = []
+    hook = model.encoder_kv.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
+    try:
+        windows = api.generate(model, exemplar, target_label=labels, window=1)
+        assert calls == [1]                           # three windows, one exemplar encoding
+        calls.clear()
+        whole = api.generate(model, exemplar, target_label=labels)
+        assert calls == [1]
+    finally:
+        hook.remove()
+    assert torch.equal(windows.match.correspondence.indices, whole.match.correspondence.indices)
+    assert torch.allclose(windows.image, whole.image, atol=1e-5)
