@@ -5,9 +5,10 @@ glibc serves every allocation above 32 MiB (the ceiling of its dynamic mmap thre
 and unmaps it on free. A DynaST forward at 512 px allocates hundreds of such activations (64 channels x
 512 x 512 x 4 bytes = 64 MiB each, and every reflection pad is another), so the kernel zero-fills and maps
 3 million pages per call: 11 s of system time against 48 s of compute on one core. Inside
-:func:`reuse_freed_memory` large blocks come from the heap instead and freed blocks are reused; on exit the
-previous policy is restored and the free memory is handed back (``malloc_trim``), so the resident set
-after the call is what it was.
+:func:`reuse_freed_memory` large blocks come from the heap instead and freed blocks are reused; on exit mmap
+is allowed again, the trim threshold is set back to glibc's default and the free memory is handed back
+(``malloc_trim``), so the resident set after the call is what it was. (glibc stops adapting its mmap
+threshold once a program sets one of these parameters; it stays where it was.)
 
 It is a process-wide setting of the C allocator for the duration of the call (nested uses are one), on
 glibc only (a no-op elsewhere), and can be switched off with ``DYNAST_REUSE_FREED_MEMORY=0``.
