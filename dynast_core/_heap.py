@@ -20,7 +20,7 @@ import ctypes
 import os
 import threading
 
-__all__ = ["reuse_freed_memory"]
+__all__ = ["reuse_freed_memory", "cpu_inference_heap", "on_cpu_heap"]
 
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
 _DEFAULT_MMAP_MAX = 65536
@@ -73,3 +73,25 @@ def reuse_freed_memory(enabled: bool = True):
                 _glibc().mallopt(_M_MMAP_MAX, _DEFAULT_MMAP_MAX)
                 _glibc().mallopt(_M_TRIM_THRESHOLD, _DEFAULT_TRIM_THRESHOLD)
                 _glibc().malloc_trim(0)
+
+
+def cpu_inference_heap(x) -> "contextlib.AbstractContextManager":
+    """:func:`reuse_freed_memory` for an inference call on ``x``'s device: active when ``x`` is a CPU tensor and
+    autograd is off (training keeps the default allocator policy; GPU memory is not the C heap)."""
+    import torch
+    return reuse_freed_memory(enabled=isinstance(x, torch.Tensor) and x.device.type == "cpu"
+                              and not torch.is_grad_enabled())
+
+
+def on_cpu_heap(fn):
+    """Decorator: run ``fn`` inside :func:`cpu_inference_heap` of its first tensor argument."""
+    import functools
+
+    import torch
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        first = next((a for a in args if isinstance(a, torch.Tensor)), None)
+        with cpu_inference_heap(first):
+            return fn(*args, **kwargs)
+    return wrapper

@@ -10,6 +10,8 @@ from typing import Optional, Sequence
 import torch
 import torch.nn.functional as F
 
+from ._heap import on_cpu_heap
+
 from .models.stya2k import MIN_SIDE, StyA2K
 
 __all__ = ["stylize", "stylize_multi", "resize_longer_side", "match_shorter_side", "preserve_content_color", "prepare_mask",
@@ -140,6 +142,7 @@ def match_batches(content: torch.Tensor, style: torch.Tensor):
 
 
 @torch.no_grad()
+@on_cpu_heap
 def stylize(model: StyA2K, content: torch.Tensor, style: torch.Tensor, *, strength: float = 1.0,
             preserve_color: bool = False, mask: Optional[torch.Tensor] = None, size: Optional[int] = None,
             style_size: Optional[int] = None, query_chunk_size: Optional[int] = None,

@@ -40,6 +40,8 @@ from typing import Callable, List, Optional, Sequence, Tuple
 import torch
 import torch.nn.functional as F
 
+from ._heap import on_cpu_heap
+
 from .attention._common import chunk_ranges
 from .attention._inference import rows_of, work_dtype
 from .attention import (all_to_key_attention, dynamic_attention, inner_scale_candidates,
@@ -337,6 +339,7 @@ def _levels(target_size, exemplar_size, coarse_side):
 
 
 @torch.no_grad()
+@on_cpu_heap
 def match_images(target: torch.Tensor, exemplar: torch.Tensor, *, grid_scale: float = 1.0, coarse_side: int = 32,
                  top_k: int = 4, temperature: float = 0.05, propagation_steps: int = 2,
                  query_chunk_size: Optional[int] = None, progress: Progress = None,
@@ -373,6 +376,7 @@ def match_images(target: torch.Tensor, exemplar: torch.Tensor, *, grid_scale: fl
 
 
 @torch.no_grad()
+@on_cpu_heap
 def match_layouts(target_label: torch.Tensor, exemplar_label: torch.Tensor, *, grid_scale: float = 1.0,
                   coarse_side: int = 32, top_k: int = 4, temperature: float = 0.05, propagation_steps: int = 2,
                   query_chunk_size: Optional[int] = None, progress: Progress = None,
@@ -391,6 +395,7 @@ def match_layouts(target_label: torch.Tensor, exemplar_label: torch.Tensor, *, g
 
 
 @torch.no_grad()
+@on_cpu_heap
 def match_latents(target_latent: torch.Tensor, exemplar_latent: torch.Tensor, *, coarse_side: int = 16,
                   top_k: int = 4, temperature: float = 0.05, propagation_steps: int = 2,
                   query_chunk_size: Optional[int] = None, progress: Progress = None) -> Correspondence:
@@ -492,6 +497,7 @@ def _style_level(c_lab: torch.Tensor, s_lab: torch.Tensor, s_rgb: torch.Tensor, 
 
 
 @torch.no_grad()
+@on_cpu_heap
 def stylize_weight_free(content: torch.Tensor, style: torch.Tensor, *, strength: float = 1.0,
                         preserve_color: bool = False, mask: Optional[torch.Tensor] = None,
                         size: Optional[int] = None, levels: int = 3, region: int = 4, detail: float = 0.85,

@@ -41,7 +41,7 @@ import torch.nn.functional as F
 
 from ..checkpoints import (CheckpointError, describe_state_dict, fold_spectral_norm, read_state_dict,
                            save_safetensors, strip_prefix, check_shapes)
-from .._heap import reuse_freed_memory
+from .._heap import cpu_inference_heap
 from ..attention._inference import work_dtype
 from ..correspondence import Correspondence
 from .blocks import DenseTransformerBlock, FeatureGenerator, SPADEResnetBlock, SparseTransformerBlock, reflect_pad1
@@ -235,12 +235,6 @@ class DynaSTOutput:
     match: DynaSTMatch
 
 
-def _cpu_inference_heap(x):
-    """Inference on the CPU reuses freed memory instead of faulting fresh pages in (see :mod:`.._heap`)."""
-    return reuse_freed_memory(enabled=not torch.is_grad_enabled() and isinstance(x, torch.Tensor)
-                              and x.device.type == "cpu")
-
-
 def _up_conv(cin, cout, act):
     return nn.Sequential(nn.Upsample(scale_factor=2, mode="bilinear", align_corners=True),
                          nn.Conv2d(cin, cout, (3, 3), (1, 1), 1, padding_mode="reflect"), act)
@@ -417,7 +411,7 @@ class DynaSTGenerator(nn.Module):
         except (TypeError, IndexError, ValueError):
             raise ValueError(f"size must be the target (H, W), got {size!r}") from None
         self._check_size(size, "the target size")
-        with torch.no_grad(), _cpu_inference_heap(exemplar):
+        with torch.no_grad(), cpu_inference_heap(exemplar):
             exemplar, exemplar_label = self._prepare_exemplar(exemplar, exemplar_label, size)
             ref = torch.cat([exemplar, exemplar_label], 1).contiguous(memory_format=torch.channels_last)
             del exemplar_label
@@ -475,7 +469,7 @@ class DynaSTGenerator(nn.Module):
             self._check_cache(exemplar_cache, label, exemplar, exemplar_label)
         elif exemplar is None or exemplar_label is None:
             raise ValueError("match needs exemplar and exemplar_label, or an exemplar_cache from encode_exemplar")
-        with _cpu_inference_heap(label):
+        with cpu_inference_heap(label):
             return self._match(label, exemplar, exemplar_label, warp_exemplar, warp_exclude, query_chunk_size,
                                k_carry, progress, exemplar_cache)
 
@@ -555,7 +549,7 @@ class DynaSTGenerator(nn.Module):
 
     def decode(self, m: DynaSTMatch) -> torch.Tensor:
         """The synthesis path on a :class:`DynaSTMatch`: ``(B, 3, H, W)`` in [-1, 1] (padding cropped)."""
-        with _cpu_inference_heap(m.label):
+        with cpu_inference_heap(m.label):
             return self._decode(m)
 
     def _decode(self, m: DynaSTMatch) -> torch.Tensor:
@@ -573,7 +567,7 @@ class DynaSTGenerator(nn.Module):
 
     def forward(self, label: torch.Tensor, exemplar: torch.Tensor, exemplar_label: torch.Tensor,
                 **kwargs) -> DynaSTOutput:
-        with _cpu_inference_heap(label):
+        with cpu_inference_heap(label):
             m = self.match(label, exemplar, exemplar_label, **kwargs)
             return DynaSTOutput(self.decode(m), m.correspondence, m.confidence, m)
 

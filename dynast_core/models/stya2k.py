@@ -41,6 +41,7 @@ import torch.nn.functional as F
 
 from ..attention.all_to_key import (all_to_key_attention, distributed_attention, pad_to_multiple,
                                    progressive_attention)
+from .._heap import cpu_inference_heap
 from ..checkpoints import (CheckpointError, check_shapes, describe_state_dict, read_state_dict,
                            save_safetensors)
 
@@ -505,6 +506,10 @@ class StyA2K(nn.Module):
 
     def forward(self, content: torch.Tensor, style: torch.Tensor,
                 query_chunk_size: Optional[int] = None) -> torch.Tensor:
+        with cpu_inference_heap(content):               # CPU inference reuses freed memory (see .._heap)
+            return self._forward(content, style, query_chunk_size)
+
+    def _forward(self, content, style, query_chunk_size):
         self.check_inputs(content, style)
         cp, (h, w) = self.pad_input(content)
         sp, _ = self.pad_input(style)
