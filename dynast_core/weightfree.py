@@ -45,7 +45,7 @@ from ._heap import on_cpu_heap
 from .attention._common import chunk_ranges
 from .attention._inference import rows_of, work_dtype
 from .attention import (all_to_key_attention, dynamic_attention, inner_scale_candidates,
-                        inner_scale_sparse_attention, inter_scale_candidates, inter_scale_sparse_attention,
+                        inner_scale_sparse_attention, inter_scale_sparse_attention,
                         sparse_attention)
 from .correspondence import Correspondence
 from .stylize import (blend_with_mask, match_batches, match_shorter_side, prepare_mask, preserve_content_color,
@@ -203,12 +203,11 @@ def match_descriptors(target: Sequence[torch.Tensor], exemplar: Sequence[torch.T
         progress: ``progress(step, total)`` called after every level (for progress bars / interruption).
         init: warm start (video: the previous frame's result): ``(B, h0*w0, K0)`` candidate indices on the
             finest grids (``Correspondence.indices`` of the previous frame against the same exemplar). The
-            coarse levels run as usual; the finest level's first step ranks, instead of the 2x2 children of
-            level 1's top-k alone, their union with the previous candidates and their four neighbours'
-            shifted ones (:func:`~dynast_core.attention.inner_scale_candidates`); the propagation steps
-            follow as usual. A position keeps its previous match unless the fresh cascade or a neighbour
+            cascade runs as usual, except that the finest level's first propagation step ranks the previous
+            frame's candidates along with its usual ones (own and neighbours' shifted top-k, see
+            :func:`~dynast_core.attention.inner_scale_candidates`); the next step spreads them. A position keeps its previous match unless the fresh cascade or a neighbour
             finds a closer one: on a static clip the match never gets worse than per frame, on moving
-            clips it has fewer outliers (``benchmarks/video.py``). About the cost of a cold match.
+            clips it has fewer outliers (``benchmarks/video.py``). The cost of a cold match.
             Ignored for a one-level pyramid.
 
     Returns:
@@ -269,10 +268,10 @@ def match_descriptors(target: Sequence[torch.Tensor], exemplar: Sequence[torch.T
         v = _no_values(ka)
         for step in range(propagation_steps + 1):
             final = last and step == propagation_steps
-            if step == 0 and last and init is not None:
-                # warm start: the coarse cascade's candidates and the previous frame's (with their neighbours')
+            if step == 1 and last and init is not None:
+                # warm start: the first propagation step also ranks the previous frame's candidates
                 result = sparse_attention(qa, ka, v, _warm_candidates(topk, init, qa.shape[-2:], ka.shape[-2:]),
-                                          num_candidates=4 * topk.shape[-1] + 5 * init.shape[-1], group=1,
+                                          num_candidates=5 * topk.shape[-1] + init.shape[-1], group=1,
                                           scale=temperature, top_k=0 if final else k_eff,
                                           return_candidates=k_eff if final else False,
                                           query_chunk_size=query_chunk_size, memory_budget=memory_budget)
@@ -309,17 +308,12 @@ def match_descriptors(target: Sequence[torch.Tensor], exemplar: Sequence[torch.T
     return Correspondence(topk, weights.to(out_dtype), (hq, wq), (hk, wk), confidence)
 
 
-def _warm_candidates(coarse_topk: torch.Tensor, init: torch.Tensor, query_size, key_size):
-    """Candidate function of the warm finest step: for each finest query, the 2x2 children of its level-1
-    parent's top-k, then its previous candidates and its four neighbours' shifted ones."""
-    hq, wq = query_size
-    wc = (wq + 1) // 2
+def _warm_candidates(topk: torch.Tensor, init: torch.Tensor, query_size, key_size):
+    """Candidate function of the warm propagation step: each finest query's own and its four neighbours'
+    shifted top-k (the usual inner-scale candidates), then its candidates in the previous frame."""
 
     def fn(s, e):
-        pos = torch.arange(s, e, device=init.device)
-        parent = torch.div(pos, wq, rounding_mode="floor") // 2 * wc + (pos % wq) // 2
-        fresh = inter_scale_candidates(coarse_topk.index_select(1, parent), key_size)
-        return torch.cat([fresh, inner_scale_candidates(init, query_size, key_size, s, e)], -1)
+        return torch.cat([inner_scale_candidates(topk, query_size, key_size, s, e), init[:, s:e]], -1)
     return fn
 
 
