@@ -330,6 +330,38 @@ class _ClipState:
         return self._dynast
 
 
+class _Batch:
+    """The windows' correspondences written into one batch allocated at the first window, so the output is held
+    once (a list of windows and a final concatenation would hold it twice at the end)."""
+
+    def __init__(self, total: int):
+        self.total, self.parts, self.buf, self.pos = total, [], None, 0
+
+    def add(self, c: Correspondence) -> None:
+        n = c.indices.shape[0]
+        if self.buf is None and not self.parts and n < self.total:
+            self.buf = tuple(torch.empty((self.total,) + tuple(t.shape[1:]), dtype=t.dtype, device=t.device)
+                             for t in (c.indices, c.weights, c.confidence))
+            self.sizes = (c.query_size, c.key_size)
+        if self.buf is not None and (c.query_size, c.key_size) == self.sizes and all(
+                t.shape[1:] == b.shape[1:] and t.dtype == b.dtype for t, b in zip((c.indices, c.weights,
+                                                                                   c.confidence), self.buf)):
+            for t, b in zip((c.indices, c.weights, c.confidence), self.buf):
+                b[self.pos:self.pos + n].copy_(t)
+            self.pos += n
+            return
+        if self.buf is not None:                      # windows that differ: concatenate what came so far
+            self.parts.append(Correspondence(*(b[:self.pos] for b in self.buf[:2]), *self.sizes,
+                                             self.buf[2][:self.pos]))
+            self.buf = None
+        self.parts.append(c)
+
+    def result(self) -> Correspondence:
+        if self.buf is not None:
+            return Correspondence(self.buf[0], self.buf[1], *self.sizes, self.buf[2])
+        return self.parts[0] if len(self.parts) == 1 else Correspondence.cat(self.parts)
+
+
 def _run_match(exemplar, target_label, target_pose, target_image, model, *, top_k, grid_scale, query_chunk_size,
                window, keep_state, decode_too, device, dtype, output_device, progress, temporal=False,
                previous=None):
@@ -351,7 +383,7 @@ def _run_match(exemplar, target_label, target_pose, target_image, model, *, top_
                              f"({method}) at the same size {size}")
         clip.previous = pl.put(previous.correspondence.indices[-1:])
     windows = list(frame_windows(b, window))
-    corrs, states, images = [], [], []
+    corrs, states, images = _Batch(b), [], []
     for i, (s, e) in enumerate(windows):
         with torch.inference_mode():
             corr, state, img = _match_window(method, model, ex.frames(s, e), pl.put(_rows(label, s, e)),
@@ -359,13 +391,13 @@ def _run_match(exemplar, target_label, target_pose, target_image, model, *, top_
                                              query_chunk_size=query_chunk_size,
                                              progress=_sub_progress(progress, s, e, b),
                                              decode_too=decode_too, clip=clip)
-            corrs.append(pl.out(corr))
+            corrs.add(pl.out(corr))
             if keep_state and state is not None:
                 states.append(pl.out(state, dtype=None))
             if img is not None:
                 images.append(pl.out(img))
             del corr, state, img
-    corr = corrs[0] if len(corrs) == 1 else Correspondence.cat(corrs)
+    corr = corrs.result()
     state = None
     if states:
         state = states[0] if len(states) == 1 else type(states[0]).cat(states)
