@@ -20,6 +20,7 @@ background with occlusions) give the true flow and visibility of every frame pai
 
     python benchmarks/video.py [--size 256] [--frames 8] [--parts flicker keyframes speed] [--threads 2]
                                [--speed-frames 8 64] [--speed-frames-dynast 8]
+    (VIDEO_BENCH_WINDOW=1: clip mode with windows of one frame; the default is 8)
 """
 from __future__ import annotations
 
@@ -112,6 +113,9 @@ def keyframes(size: int, frames: int) -> None:
               f"{100 * float(low[1:].mean()):.1f} | {per_frame:.2f} |", flush=True)
 
 
+WINDOW = int(os.environ.get("VIDEO_BENCH_WINDOW", "8"))
+
+
 def speed_child(case: str, size: int, frames: int, mode: str, threads: int) -> dict:
     import torch
     from dynast_core import api
@@ -126,7 +130,7 @@ def speed_child(case: str, size: int, frames: int, mode: str, threads: int) -> d
                     for t in range(frames)]
 
         def clip_mode():
-            return api.match(ex, target_image=clip.frames, temporal=True, window=8)
+            return api.match(ex, target_image=clip.frames, temporal=True, window=WINDOW)
     else:
         from dynast_core.models.dynast import DynaSTGenerator, dynast_config, load_dynast
         torch.manual_seed(0)
@@ -138,7 +142,7 @@ def speed_child(case: str, size: int, frames: int, mode: str, threads: int) -> d
             return [api.generate(model, ex, target_label=labels[t:t + 1]) for t in range(frames)]
 
         def clip_mode():
-            return api.generate(model, ex, target_label=labels, window=8)
+            return api.generate(model, ex, target_label=labels, window=WINDOW)
     fn = per_frame if mode == "per-frame" else clip_mode
     with torch.inference_mode():
         _, seconds, peak = measure(fn)
@@ -146,7 +150,8 @@ def speed_child(case: str, size: int, frames: int, mode: str, threads: int) -> d
 
 
 def speed(size_wf: int, size_dynast: int, threads: int, frames_wf=(8, 64), frames_dynast=(8, 64)) -> None:
-    print("\n## Speed and memory per frame: per-frame calls vs one clip call (exemplar once, windows of 8, warm start)")
+    print(f"\n## Speed and memory per frame: per-frame calls vs one clip call (exemplar once, windows of {WINDOW}, "
+          "warm start)")
     print("| case | size | frames | per-frame s/frame | clip s/frame | ratio | per-frame peak MB | clip peak MB |")
     print("|---|---|---|---|---|---|---|---|")
     for case, size, counts in (("weightfree_match", size_wf, frames_wf), ("dynast", size_dynast, frames_dynast)):
