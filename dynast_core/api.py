@@ -619,6 +619,14 @@ def stylize(content: torch.Tensor, style: torch.Tensor, *, model: Optional[nn.Mo
     return torch.cat(outs)
 
 
+def _same_colour_statistics(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``x`` with each channel's mean and standard deviation set to ``like``'s (blending with the carried
+    frame averages colours and flattens their spread; this gives the frame back its own style statistics)."""
+    xm, lm = x.mean((-2, -1), keepdim=True), like.mean((-2, -1), keepdim=True)
+    xs, ls = x.std((-2, -1), keepdim=True), like.std((-2, -1), keepdim=True)
+    return ((x - xm) * (ls / xs.clamp_min(1e-6)) + lm).clamp(0, 1)
+
+
 def _temporal_blend(out, content, carry, temporal, size, query_chunk_size, dtype):
     """Blend each frame of a window with the previous stylised frame carried onto it (see
     :func:`dynast_core.video.carry_previous`); ``carry`` is ``(previous output, previous content)`` or None."""
@@ -633,7 +641,7 @@ def _temporal_blend(out, content, carry, temporal, size, query_chunk_size, dtype
         if carry is not None:
             carried, weight = carry_previous(carry[0], carry[1], cj, query_chunk_size=query_chunk_size, dtype=dtype)
             w = float(temporal) * weight.to(cur.dtype)
-            cur = (1 - w) * cur + w * carried.to(cur.dtype)
+            cur = _same_colour_statistics((1 - w) * cur + w * carried.to(cur.dtype), cur)
         frames.append(cur)
         carry = (cur, cj)
     return torch.cat(frames), carry
