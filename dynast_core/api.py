@@ -565,7 +565,8 @@ def stylize(content: torch.Tensor, style: torch.Tensor, *, model: Optional[nn.Mo
         temporal: for a video clip (the content batch as frames in order): how much of the previous stylised
             frame, carried to this frame by the correspondence between the two content frames, is blended in
             where that correspondence is confident (0 = every frame on its own; 0.8 keeps static and slowly
-            moving regions steady). See :func:`dynast_core.video.carry_previous`.
+            moving regions steady); the blended frame then gets back its own per-channel colour mean and
+            spread, so the look stays the style's. See :func:`dynast_core.video.carry_previous`.
         window: frames per window (default the whole batch).
         device, dtype, output_device: see :mod:`dynast_core.runtime` (the model's by default).
         progress: ``progress(step, total)``.
