@@ -291,10 +291,9 @@ def _match_window(method, model, ex: Exemplar, label, image, *, top_k, grid_scal
 
     def one(rows, init, hook):
         if method == "layout":
-            return match_layouts(_rows(label, *rows), ex.frames(*rows).label if ex.batch_size > 1 else ex.label,
-                                 init=init, progress=hook, **kw)
-        return match_images(_rows(image, *rows), ex.frames(*rows).image if ex.batch_size > 1 else ex.image,
-                            init=init, progress=hook, exemplar_cache=clip.weight_free_cache(ex), **kw)
+            return match_layouts(_rows(label, *rows), ex.frames(*rows).label, init=init, progress=hook, **kw)
+        return match_images(_rows(image, *rows), ex.frames(*rows).image, init=init, progress=hook,
+                            exemplar_cache=clip.weight_free, **kw)
     if not clip.temporal:
         return one((0, n), None, progress), None, None
     corrs = []
@@ -313,11 +312,8 @@ class _ClipState:
     def __init__(self, temporal: bool, shared_exemplar: bool):
         self.temporal, self.shared = bool(temporal), shared_exemplar
         self.previous: Optional[torch.Tensor] = None
-        self._wf: dict = {}
+        self.weight_free: Optional[dict] = {} if shared_exemplar else None   # see match_images(exemplar_cache)
         self._dynast = None
-
-    def weight_free_cache(self, ex: Exemplar) -> Optional[dict]:
-        return self._wf if self.shared else None
 
     def dynast_cache(self, model, ex: Exemplar, label):
         """The DynaST exemplar branch, computed at the first window (None: per call, e.g. one exemplar per
@@ -332,34 +328,28 @@ class _ClipState:
 
 class _Batch:
     """The windows' correspondences written into one batch allocated at the first window, so the output is held
-    once (a list of windows and a final concatenation would hold it twice at the end)."""
+    once (a list of windows and a final concatenation would hold it twice at the end). The windows of one call
+    share their grids and candidate count."""
 
     def __init__(self, total: int):
-        self.total, self.parts, self.buf, self.pos = total, [], None, 0
+        self.total, self.first, self.buf, self.pos = total, None, None, 0
 
     def add(self, c: Correspondence) -> None:
-        n = c.indices.shape[0]
-        if self.buf is None and not self.parts and n < self.total:
-            self.buf = tuple(torch.empty((self.total,) + tuple(t.shape[1:]), dtype=t.dtype, device=t.device)
-                             for t in (c.indices, c.weights, c.confidence))
-            self.sizes = (c.query_size, c.key_size)
-        if self.buf is not None and (c.query_size, c.key_size) == self.sizes and all(
-                t.shape[1:] == b.shape[1:] and t.dtype == b.dtype for t, b in zip((c.indices, c.weights,
-                                                                                   c.confidence), self.buf)):
-            for t, b in zip((c.indices, c.weights, c.confidence), self.buf):
-                b[self.pos:self.pos + n].copy_(t)
-            self.pos += n
-            return
-        if self.buf is not None:                      # windows that differ: concatenate what came so far
-            self.parts.append(Correspondence(*(b[:self.pos] for b in self.buf[:2]), *self.sizes,
-                                             self.buf[2][:self.pos]))
-            self.buf = None
-        self.parts.append(c)
+        parts = (c.indices, c.weights, c.confidence)
+        if self.first is None:
+            self.first = c
+            if c.indices.shape[0] == self.total:          # one window: nothing to gather
+                return
+            self.buf = [torch.empty((self.total,) + tuple(t.shape[1:]), dtype=t.dtype, device=t.device)
+                        for t in parts]
+        for t, b in zip(parts, self.buf):
+            b[self.pos:self.pos + t.shape[0]].copy_(t)
+        self.pos += c.indices.shape[0]
 
     def result(self) -> Correspondence:
-        if self.buf is not None:
-            return Correspondence(self.buf[0], self.buf[1], *self.sizes, self.buf[2])
-        return self.parts[0] if len(self.parts) == 1 else Correspondence.cat(self.parts)
+        if self.buf is None:
+            return self.first
+        return Correspondence(self.buf[0], self.buf[1], self.first.query_size, self.first.key_size, self.buf[2])
 
 
 def _run_match(exemplar, target_label, target_pose, target_image, model, *, top_k, grid_scale, query_chunk_size,
