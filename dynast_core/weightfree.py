@@ -183,7 +183,8 @@ def _interrupt(progress: Progress, step: int, total: int) -> None:
 def match_descriptors(target: Sequence[torch.Tensor], exemplar: Sequence[torch.Tensor], *, top_k: int = 4,
                       temperature: float = 0.05, propagation_steps: int = 2, confidence_scale: float = 1.0,
                       query_chunk_size: Optional[int] = None, memory_budget: int = MATCH_MEMORY_BUDGET,
-                      progress: Progress = None, init: Optional[torch.Tensor] = None) -> Correspondence:
+                      progress: Progress = None, init: Optional[torch.Tensor] = None,
+                      subpixel: bool = True) -> Correspondence:
     """The parameter-free DynaST cascade on two descriptor pyramids.
 
     Args:
@@ -209,10 +210,16 @@ def match_descriptors(target: Sequence[torch.Tensor], exemplar: Sequence[torch.T
             finds a closer one: on a static clip the match never gets worse than per frame, on moving
             clips it has fewer outliers (``benchmarks/video.py``). The cost of a cold match.
             Ignored for a one-level pyramid.
+        subpixel: refine each position's best match to a fractional exemplar position (one damped
+            Gauss-Newton step on the descriptors, see :func:`_subpixel`) and return it as the four keys around
+            it with bilinear weights. Integer matches quantise every warp: as the true position slides
+            between keys from frame to frame the warp jumps, which is most of a per-frame clip's flicker
+            (``benchmarks/video.py``). Only with ``top_k=4`` (the four corners); otherwise the ``top_k``
+            best keys with softmax weights are returned, as with ``subpixel=False``.
 
     Returns:
         :class:`Correspondence` from the finest target grid to the finest exemplar grid, ``top_k`` candidates
-        per position with weights summing to one.
+        per position with weights summing to one (the largest first).
     """
     if len(target) != len(exemplar) or not target:
         raise ValueError(f"the pyramids must have the same number of levels, got {len(target)} and {len(exemplar)}")
@@ -298,14 +305,57 @@ def match_descriptors(target: Sequence[torch.Tensor], exemplar: Sequence[torch.T
     qr, kr = rows_of(qa)[..., :-1], rows_of(ka)[..., :-1]
     best = topk[..., 0]
     dist = torch.empty(b, hq * wq, dtype=qa.dtype, device=qa.device)
+    refine = subpixel and topk.shape[-1] == 4 and hk > 1 and wk > 1
+    if refine:
+        topk = torch.empty_like(topk)
+        weights = torch.empty(b, hq * wq, 4, dtype=qa.dtype, device=qa.device)
     for s0, e0 in chunk_ranges(hq * wq, 1 << 16):
-        kb_ = kr.gather(1, best[:, s0:e0, None].expand(-1, -1, kr.shape[-1]))
-        dist[:, s0:e0] = ((qr[:, s0:e0] / 2 - kb_) ** 2).mean(-1)
+        kb_ = _gather_keys(kr, best[:, s0:e0])
+        resid = qr[:, s0:e0] / 2 - kb_
+        dist[:, s0:e0] = (resid ** 2).mean(-1)
+        if refine:
+            topk[:, s0:e0], weights[:, s0:e0] = _subpixel(resid, kr, best[:, s0:e0], (hk, wk))
     dist = dist.view(b, 1, hq, wq)
     quality = torch.exp(-dist / confidence_scale)
     cycle_up = F.interpolate(cycle, size=(hq, wq), mode="bilinear", align_corners=False)
     confidence = (quality * cycle_up).clamp(0, 1).to(out_dtype)
     return Correspondence(topk, weights.to(out_dtype), (hq, wq), (hk, wk), confidence)
+
+
+def _gather_keys(kr: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """Rows of ``kr`` ``(B, Nk, C)`` at ``idx`` ``(B, n)``: ``(B, n, C)``."""
+    return kr.gather(1, idx[..., None].expand(-1, -1, kr.shape[-1]))
+
+
+def _subpixel(resid: torch.Tensor, kr: torch.Tensor, best: torch.Tensor, key_size, damping: float = 1e-2):
+    """Sub-pixel refinement of the best match (one Gauss-Newton step, as Lucas-Kanade does): the exemplar's
+    descriptors are linearised around each query's best key, ``k(p + s) ~ k(p) + J s`` (central differences,
+    one-sided at the border), and ``s = (J^T J + damping I)^-1 J^T (q - k(p))`` (damped: flat regions stay
+    put), clamped to under one key. The refined position is returned as its four surrounding keys with bilinear
+    weights, so every consumer (warps of any resolution, flow, warm starts) sees the fractional position.
+
+    resid: ``(B, n, C)`` ``q - k(best)``; kr: ``(B, Nk, C)`` key rows; best: ``(B, n)`` flat indices.
+    Returns ``(indices (B, n, 4), weights (B, n, 4))``, the largest weight first.
+    """
+    hk, wk = key_size
+    y, x = torch.div(best, wk, rounding_mode="floor"), best % wk
+    left, right = best - (x > 0).long(), best + (x < wk - 1).long()
+    up, down = best - wk * (y > 0).long(), best + wk * (y < hk - 1).long()
+    jx = (_gather_keys(kr, right) - _gather_keys(kr, left)) / (right - left).unsqueeze(-1).to(kr.dtype)
+    jy = (_gather_keys(kr, down) - _gather_keys(kr, up)) / ((down - up) // wk).unsqueeze(-1).to(kr.dtype)
+    axx, axy, ayy = (jx * jx).sum(-1) + damping, (jx * jy).sum(-1), (jy * jy).sum(-1) + damping
+    bx, by = (jx * resid).sum(-1), (jy * resid).sum(-1)
+    det = axx * ayy - axy * axy
+    # under one key either way, so the integer best stays one of the four corners (warm starts rank it)
+    fx = (x.to(kr.dtype) + ((ayy * bx - axy * by) / det).clamp_(-0.99, 0.99)).clamp_(0, wk - 1)
+    fy = (y.to(kr.dtype) + ((axx * by - axy * bx) / det).clamp_(-0.99, 0.99)).clamp_(0, hk - 1)
+    x0, y0 = fx.floor().clamp_(max=wk - 2), fy.floor().clamp_(max=hk - 2)
+    ax, ay = fx - x0, fy - y0
+    i00 = y0.long() * wk + x0.long()
+    idx = torch.stack([i00, i00 + 1, i00 + wk, i00 + wk + 1], -1)
+    w = torch.stack([(1 - ax) * (1 - ay), ax * (1 - ay), (1 - ax) * ay, ax * ay], -1)
+    w, order = w.sort(-1, descending=True)
+    return idx.gather(-1, order), w
 
 
 def _warm_candidates(topk: torch.Tensor, init: torch.Tensor, query_size, key_size):
@@ -337,12 +387,14 @@ def _levels(target_size, exemplar_size, coarse_side):
 def match_images(target: torch.Tensor, exemplar: torch.Tensor, *, grid_scale: float = 1.0, coarse_side: int = 32,
                  top_k: int = 4, temperature: float = 0.05, propagation_steps: int = 2,
                  query_chunk_size: Optional[int] = None, progress: Progress = None,
-                 init: Optional[torch.Tensor] = None, exemplar_cache: Optional[dict] = None) -> Correspondence:
+                 init: Optional[torch.Tensor] = None, exemplar_cache: Optional[dict] = None,
+                 subpixel: bool = True) -> Correspondence:
     """Weight-free correspondence from ``target`` to ``exemplar`` (RGB ``(B, 3, H, W)`` in [0, 1]; the exemplar
     may be another size and batch 1).
 
     ``grid_scale`` < 1 matches on a coarser grid (faster; warps still resample at any resolution). ``init``:
-    warm start from a previous frame's ``Correspondence.indices`` (see :func:`match_descriptors`).
+    warm start from a previous frame's ``Correspondence.indices``; ``subpixel``: fractional matches (both
+    see :func:`match_descriptors`).
     ``exemplar_cache``: a dict kept by the caller for one exemplar over several calls (the frames of a clip):
     the exemplar's descriptor pyramid is computed at the first call and reused.
 
@@ -365,7 +417,7 @@ def match_images(target: torch.Tensor, exemplar: torch.Tensor, *, grid_scale: fl
             exemplar_cache[key] = kd
     corr = match_descriptors(image_descriptors(target, ts), list(kd), top_k=top_k, temperature=temperature,
                              propagation_steps=propagation_steps, query_chunk_size=query_chunk_size,
-                             progress=progress, init=init)
+                             progress=progress, init=init, subpixel=subpixel)
     return corr.to(dtype=target.dtype)
 
 
@@ -374,17 +426,18 @@ def match_images(target: torch.Tensor, exemplar: torch.Tensor, *, grid_scale: fl
 def match_layouts(target_label: torch.Tensor, exemplar_label: torch.Tensor, *, grid_scale: float = 1.0,
                   coarse_side: int = 32, top_k: int = 4, temperature: float = 0.05, propagation_steps: int = 2,
                   query_chunk_size: Optional[int] = None, progress: Progress = None,
-                  init: Optional[torch.Tensor] = None) -> Correspondence:
+                  init: Optional[torch.Tensor] = None, subpixel: bool = True) -> Correspondence:
     """Weight-free correspondence between two layout maps with the same channels ``(B, L, H, W)`` (for
     example the 20-channel pose labels of :mod:`dynast_core.conditioning`, whose limb distance maps say
-    where each position lies relative to every limb). ``init``: warm start (see :func:`match_descriptors`).
+    where each position lies relative to every limb). ``init``: warm start; ``subpixel``: fractional matches
+    (both see :func:`match_descriptors`).
     The channels are standardised with statistics pooled over both maps, so the exemplar's descriptors
     depend on the target and are built at every call."""
     ts, es = _levels(_grid_size(target_label.shape[-2:], grid_scale),
                      _grid_size(exemplar_label.shape[-2:], grid_scale), coarse_side)
     qd, kd = channel_descriptors(target_label, exemplar_label, ts, es)
     corr = match_descriptors(qd, kd, top_k=top_k, temperature=temperature, propagation_steps=propagation_steps,
-                             query_chunk_size=query_chunk_size, progress=progress, init=init)
+                             query_chunk_size=query_chunk_size, progress=progress, init=init, subpixel=subpixel)
     return corr.to(dtype=target_label.dtype) if target_label.is_floating_point() else corr
 
 
@@ -392,13 +445,14 @@ def match_layouts(target_label: torch.Tensor, exemplar_label: torch.Tensor, *, g
 @on_cpu_heap
 def match_latents(target_latent: torch.Tensor, exemplar_latent: torch.Tensor, *, coarse_side: int = 16,
                   top_k: int = 4, temperature: float = 0.05, propagation_steps: int = 2,
-                  query_chunk_size: Optional[int] = None, progress: Progress = None) -> Correspondence:
+                  query_chunk_size: Optional[int] = None, progress: Progress = None,
+                  subpixel: bool = True) -> Correspondence:
     """Weight-free correspondence between two latents ``(B, C, h, w)`` (any channel count and downscale),
-    on the latent grid."""
+    on the latent grid (``subpixel``: see :func:`match_descriptors`)."""
     ts, es = _levels(target_latent.shape[-2:], exemplar_latent.shape[-2:], coarse_side)
     qd, kd = channel_descriptors(target_latent, exemplar_latent, ts, es)
     corr = match_descriptors(qd, kd, top_k=top_k, temperature=temperature, propagation_steps=propagation_steps,
-                             query_chunk_size=query_chunk_size, progress=progress)
+                             query_chunk_size=query_chunk_size, progress=progress, subpixel=subpixel)
     return corr.to(dtype=target_latent.dtype) if target_latent.is_floating_point() else corr
 
 

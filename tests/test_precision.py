@@ -117,7 +117,10 @@ def test_weight_free_matching_half(dtype):
     low = match_layouts(shifted.to(dtype), lab.to(dtype))    # float16 overflowed here: +inf, then NaN weights
     assert low.weights.dtype == dtype and low.confidence.dtype == dtype
     assert torch.isfinite(low.weights).all() and torch.isfinite(low.confidence).all()
-    assert torch.equal(low.indices, ref.indices)
+    # the integer matches are the same; the sub-pixel positions move by the half-precision input's rounding
+    assert torch.equal(match_layouts(shifted.to(dtype), lab.to(dtype), subpixel=False).indices,
+                       match_layouts(shifted, lab, subpixel=False).indices)
+    assert float((low.source_coordinates() - ref.source_coordinates()).abs().max()) < 0.15
     g = torch.Generator().manual_seed(0)
     img = torch.rand(1, 3, 48, 40, generator=g)
     ref = match_images(img, img)

@@ -57,6 +57,29 @@ def test_cascade_recovers_known_warps_and_beats_coarse_dense(warp):
     assert mean_epe < base_err
 
 
+@pytest.mark.parametrize("shift", [(0.3, -0.4), (0.5, 0.0), (-0.1, 0.45)])
+def test_subpixel_matches_recover_fractional_shifts(shift):
+    from kornia.filters import gaussian_blur2d
+    from dynast_core.clips import warp_by_flow
+    g = torch.Generator().manual_seed(0)
+    ex = gaussian_blur2d(torch.rand(1, 3, 80, 80, generator=g), (9, 9), (1.5, 1.5))
+    ex = (ex - ex.amin()) / (ex.amax() - ex.amin())
+    true = torch.tensor(shift).view(1, 2, 1, 1)
+    target = warp_by_flow(ex, true[0].expand(2, 80, 80))
+
+    def error(corr):
+        return (corr.flow() - true).norm(dim=1)[0, 8:-8, 8:-8].median().item()
+    fine, whole = match_images(target, ex), match_images(target, ex, subpixel=False)
+    assert error(whole) > 0.3                          # integer matches: off by the fraction
+    assert error(fine) < 0.15
+    # four corners with bilinear weights, the largest first
+    assert fine.num_candidates == 4 and torch.all(fine.weights[..., :1] >= fine.weights[..., 1:])
+    torch.testing.assert_close(fine.weights.sum(-1), torch.ones(1, 80 * 80))
+    # an image against itself: exact integer positions (one corner of weight 1)
+    same = match_images(ex, ex)
+    assert float(same.weights[0, 8 * 80:-8 * 80, 0].min()) == 1.0
+
+
 def test_weights_normalised_and_confidence_lower_where_content_is_missing():
     h = w = 96
     ex = textured_image(h, w, seed=1)
