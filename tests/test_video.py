@@ -52,7 +52,7 @@ def test_temporal_stylisation_steadies_a_clip():
     per_frame = api.stylize(clip.frames, style)
     steady = api.stylize(clip.frames, style, temporal=0.8, window=3)
     assert steady.shape == per_frame.shape and torch.equal(steady[0], per_frame[0])   # frame 0 has no past
-    assert warping_error(steady, clip) < 0.7 * warping_error(per_frame, clip)
+    assert warping_error(steady, clip) < 0.4 * warping_error(per_frame, clip)      # measured 0.24
     # the look stays the style's (mean colour as close as per-frame, within 0.05)
     dist = lambda x: float((x.mean((0, 2, 3)) - style.mean((0, 2, 3))).abs().sum())  # noqa: E731
     assert dist(steady) < dist(per_frame) + 0.05
@@ -61,6 +61,10 @@ def test_temporal_stylisation_steadies_a_clip():
     assert torch.allclose(spread(steady), spread(per_frame), atol=0.01)
     with pytest.raises(ValueError, match="temporal"):
         api.stylize(clip.frames, style, temporal=1.5)
+    # a moving surface matches with a confidence well under 1 (resampled descriptors): it is still carried
+    pan = synthetic_clip("pan", frames=4, size=96, stylise=None)
+    per_frame = api.stylize(pan.frames, style)
+    assert warping_error(api.stylize(pan.frames, style, temporal=0.8), pan) < 0.6 * warping_error(per_frame, pan)
 
 
 def test_keyframe_propagation_is_exact_on_a_static_clip_and_follows_motion():
