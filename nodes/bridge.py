@@ -234,10 +234,12 @@ def reserve(memory_required: int, device: torch.device):
 
 def frame_window(per_frame: int, device: torch.device, frames: int) -> int:
     """How many frames to move to the compute device at once: what fits in about 80% of the free memory,
-    at most :data:`MAX_WINDOW` (so memory stays flat however long the clip) and at most ``frames``."""
+    at most :data:`MAX_WINDOW` (so memory stays flat however long the clip) and at most ``frames``. On a CPU
+    one frame: batching frames buys a CPU nothing (DynaST at 256 px, 8 frames: 3.43 s per frame one at a time,
+    3.94 s eight at a time, with a peak of 446 MB against 2151 MB)."""
     if device.type == "cpu":
-        free = 2 * 2 ** 30          # keep CPU windows modest: RAM is shared with everything else
-    elif IN_COMFY:
+        return 1
+    if IN_COMFY:
         free = _mm.get_free_memory(device)
     elif device.type == "cuda":
         free = torch.cuda.mem_get_info(device)[0]

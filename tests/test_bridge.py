@@ -276,3 +276,15 @@ def test_precision_choice_follows_comfy(comfy):
     assert bridge.precision_dtype("bf16") == torch.bfloat16
     with pytest.raises(ValueError, match="unknown precision"):
         bridge.precision_dtype("int8")
+
+
+def test_frame_windows_follow_the_device(comfy):
+    bridge = comfy.pack.nodes.bridge
+    mm = comfy.modules["comfy.model_management"]
+    assert bridge.frame_window(10 ** 6, torch.device("cpu"), 64) == 1      # a CPU gains nothing from batches
+    mm.get_free_memory = lambda device=None, **kw: 10 * 2 ** 30
+    gpu = torch.device("cuda", 0)
+    assert bridge.frame_window(2 * 2 ** 30, gpu, 64) == 4                # 80% of 10 GiB: 4 frames of 2 GiB
+    assert bridge.frame_window(2 ** 28, gpu, 64) == bridge.MAX_WINDOW    # at most MAX_WINDOW
+    assert bridge.frame_window(2 ** 28, gpu, 3) == 3                     # never more than the clip
+    assert bridge.frame_window(2 ** 34, gpu, 64) == 1                    # at least one frame
