@@ -3,8 +3,9 @@
 * :func:`carry_previous`: the previous output frame carried to the current frame by the weight-free
   correspondence between the two *content* frames, with a per-pixel weight that is high only where that
   correspondence is not a poor match (confidence above 0.3; it fades out below) and the carried content agrees
-  with the current content (so occluded, newly revealed and changed regions take the new frame). :func:`dynast_core.api.stylize` blends it
-  in with its ``temporal`` strength: static and slowly moving regions stop flickering.
+  with the current content (so occluded, newly revealed and changed regions take the new frame).
+  :func:`dynast_core.api.stylize` blends it in with its ``temporal`` strength: static and slowly moving regions
+  stop flickering.
 * :func:`propagate_keyframes`: the EbSynth use inside ComfyUI. Restyled keyframes (from any source: Stylize,
   a diffusion img2img, a painted frame) are carried to every frame of the clip by the correspondence from the
   frame to each keyframe's original frame, and blended by confidence and distance in time. Where no keyframe

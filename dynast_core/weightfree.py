@@ -299,13 +299,14 @@ def match_descriptors(target: Sequence[torch.Tensor], exemplar: Sequence[torch.T
         qa, ka = _augmented(target[0], exemplar[0])
     hq, wq = qa.shape[-2:]
     hk, wk = ka.shape[-2:]
-    weights = weights / weights.sum(-1, keepdim=True).clamp_min(1e-12)
+    refine = subpixel and topk.shape[-1] == 4 and hk > 1 and wk > 1
+    if not refine:                                  # the refinement replaces the candidates and their weights
+        weights = weights / weights.sum(-1, keepdim=True).clamp_min(1e-12)
     # match quality: mean squared descriptor distance of the best candidate (q = qa[:-1] / 2, k = ka[:-1]),
     # in chunks of positions so no full-size temporary is made
     qr, kr = rows_of(qa)[..., :-1], rows_of(ka)[..., :-1]
     best = topk[..., 0]
     dist = torch.empty(b, hq * wq, dtype=qa.dtype, device=qa.device)
-    refine = subpixel and topk.shape[-1] == 4 and hk > 1 and wk > 1
     if refine:
         topk = torch.empty_like(topk)
         weights = torch.empty(b, hq * wq, 4, dtype=qa.dtype, device=qa.device)
